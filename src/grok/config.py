@@ -1,0 +1,200 @@
+"""Config schemas (registered in Hydra's ConfigStore) and the range checks Hydra cannot express.
+
+Hydra checks types and unknown keys against these dataclasses while composing. `validate` then
+checks values (ranges, combinations) and returns plain dataclasses, so no DictConfig ever reaches
+a component. Only the entry points import this module's Hydra-facing half.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from grok.data.tasks import OPERATIONS, is_prime
+from grok.errors import GrokError
+
+SPLITS = ("random", "structured", "conflict")
+PATTERNS = ("block", "stripe")
+ARCHS = ("transformer",)
+ACTIVATIONS = ("relu", "gelu")
+CHECKPOINT_SPACINGS = ("log", "linear", "log+linear")
+LOGGERS = ("wandb", "csv", "none")
+ANALYSIS_SUITES = ("none",)
+
+
+class ConfigError(GrokError, ValueError):
+    """A config value is out of range or an invalid combination; the message says how to fix it."""
+
+
+@dataclass
+class TaskConfig:
+    op: str = "add"
+    p: int = 97
+
+
+@dataclass
+class SplitConfig:
+    name: str = "random"
+    train_frac: float = 0.5
+    pattern: str = "block"  # structured only: block | stripe
+    seed: int | None = None  # None: use the top-level seed
+
+
+@dataclass
+class ModelConfig:
+    name: str = "power_2l"
+    arch: str = "transformer"
+    n_layers: int = 2
+    d_model: int = 128
+    n_heads: int = 4
+    d_mlp: int = 512
+    act: str = "relu"
+    layer_norm: bool = True  # pre-LN when true, none when false
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    warmup_steps: int = 10
+
+
+@dataclass
+class TrainConfig:
+    name: str = "default"
+    batch_size: Any = 512  # a positive int, or "full" for full-batch training
+    eval_every: int = 100
+    checkpoints: int = 100  # number of weights-only analysis checkpoints
+    checkpoint_spacing: str = "log+linear"
+    resume_every: int = 1000  # steps between resume-state (last.pt) saves
+    progress: bool = True
+
+
+@dataclass
+class AnalysisConfig:
+    name: str = "none"
+
+
+@dataclass
+class LoggerConfig:
+    backend: str = "wandb"
+    project: str = "grok"
+    entity: str | None = None
+    mode: str | None = None  # None: $WANDB_MODE, else "offline"
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 0
+    steps: int = 5000
+    device: str = "auto"
+
+    @property
+    def split_seed(self) -> int:
+        return self.seed if self.split.seed is None else self.split.seed
+
+
+def register_configs() -> None:
+    """Register the schema. config.yaml lists it first, so every group file merged into its typed
+    fields is checked against the matching dataclass (types and unknown keys)."""
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def _fail(key: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
+
+
+def _one_of(key: str, value: Any, options: tuple[str, ...]) -> None:
+    if value not in options:
+        _fail(key, value, "choose one of " + ", ".join(options))
+
+
+def _positive(key: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        _fail(key, value, "must be a positive integer")
+
+
+def check(cfg: Config) -> Config:
+    """Raise ConfigError naming the key, the bad value and what is allowed; else return cfg."""
+    t, s, m, o, tr = cfg.task, cfg.split, cfg.model, cfg.optim, cfg.train
+    _one_of("task.op", t.op, tuple(OPERATIONS))
+    if t.p < 3:
+        _fail("task.p", t.p, "the modulus must be at least 3")
+    if t.op == "div" and not is_prime(t.p):
+        _fail("task.p", t.p, "div needs a prime modulus so that every b != 0 has an inverse")
+
+    _one_of("split.name", s.name, SPLITS)
+    if s.name == "conflict":
+        if t.op == "div":
+            _fail("split.name", s.name, "the conflict split is not defined for div "
+                  "(division has no integer shortcut); use random or structured")
+        if not 0.0 < s.train_frac <= 1.0:
+            _fail("split.train_frac", s.train_frac, "must be in (0, 1] for the conflict split")
+    elif not 0.0 < s.train_frac < 1.0:
+        _fail("split.train_frac", s.train_frac, "must be strictly between 0 and 1")
+    if s.name == "structured":
+        _one_of("split.pattern", s.pattern, PATTERNS)
+
+    _one_of("model.arch", m.arch, ARCHS)
+    _one_of("model.act", m.act, ACTIVATIONS)
+    for key in ("n_layers", "d_model", "n_heads", "d_mlp"):
+        _positive(f"model.{key}", getattr(m, key))
+    if m.d_model % m.n_heads:
+        _fail("model.d_model", m.d_model, f"must be divisible by model.n_heads={m.n_heads}")
+
+    _one_of("optim.name", o.name, ("adamw",))
+    if not o.lr > 0:
+        _fail("optim.lr", o.lr, "must be > 0")
+    if o.weight_decay < 0:
+        _fail("optim.weight_decay", o.weight_decay, "must be >= 0")
+    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
+        _fail("optim.betas", list(o.betas), "must be two numbers in [0, 1)")
+    if o.warmup_steps < 0:
+        _fail("optim.warmup_steps", o.warmup_steps, "must be >= 0")
+
+    if tr.batch_size != "full":
+        _positive("train.batch_size", tr.batch_size)
+    _positive("train.eval_every", tr.eval_every)
+    _positive("train.resume_every", tr.resume_every)
+    if tr.checkpoints < 0:
+        _fail("train.checkpoints", tr.checkpoints, "must be >= 0")
+    _one_of("train.checkpoint_spacing", tr.checkpoint_spacing, CHECKPOINT_SPACINGS)
+
+    _one_of("analysis.name", cfg.analysis.name, ANALYSIS_SUITES)
+    _one_of("logger.backend", cfg.logger.backend, LOGGERS)
+    if cfg.logger.mode is not None:
+        _one_of("logger.mode", cfg.logger.mode, ("online", "offline", "disabled"))
+    _positive("steps", cfg.steps)
+    if cfg.seed < 0:
+        _fail("seed", cfg.seed, "must be >= 0")
+    if not (cfg.device in ("auto", "cpu", "cuda", "mps") or cfg.device.startswith("cuda:")):
+        _fail("device", cfg.device, "choose auto, cpu, cuda, cuda:N or mps")
+    return cfg
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """Turn a composed (already type-checked) DictConfig into a checked plain Config."""
+    obj = OmegaConf.to_object(cfg)
+    assert isinstance(obj, Config)
+    obj.optim.betas = list(obj.optim.betas)
+    obj.logger.tags = list(obj.logger.tags)
+    return check(obj)
+
+
+def config_dict(cfg: Config) -> dict[str, Any]:
+    """The config as plain nested dicts (for W&B, the resume state and comparisons)."""
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,59 @@
+"""Weights & Biases backend: one W&B run per training job, offline unless told otherwise."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+class WandbLogger:
+    """Opens its own W&B run in `run_dir/wandb` and finishes it in close().
+
+    reinit="create_new" makes every job get a fresh run even if a previous job in the same
+    process (a Hydra multirun) left one unfinished; without it wandb 0.31 hands back the old run.
+    Metrics use "step" as their x-axis (define_metric), so analyses may log values for earlier
+    steps after training has moved on, which wandb.log(step=...) would drop.
+    """
+
+    def __init__(self, run_dir: Path, *, project: str, config: dict[str, Any], group: str,
+                 name: str, tags: list[str], entity: str | None = None, mode: str | None = None,
+                 run_id: str | None = None, job_type: str = "train"):
+        import wandb  # lazily: importing wandb costs about a second and most code never logs
+
+        self._wandb = wandb
+        self.mode = mode or os.environ.get("WANDB_MODE") or "offline"
+        self._run = wandb.init(
+            project=project,
+            entity=entity,
+            dir=str(run_dir),
+            mode=self.mode,
+            id=run_id,
+            resume="allow" if run_id else None,
+            group=group,
+            name=name,
+            tags=tags,
+            job_type=job_type,
+            config=config,
+            reinit="create_new",
+            settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
+        )
+        self.run_id = self._run.id
+        self._run.define_metric("step")
+        self._run.define_metric("*", step_metric="step")
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        self._run.log({**metrics, "step": step})
+
+    def log_figure(self, name: str, path: Path, step: int | None = None) -> None:
+        row: dict[str, Any] = {name: self._wandb.Image(str(path))}
+        if step is not None:
+            row["step"] = step
+        self._run.log(row)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            self._run.summary[key] = value
+
+    def close(self, exit_code: int = 0) -> None:
+        self._run.finish(exit_code=exit_code)

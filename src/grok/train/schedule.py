@@ -1,0 +1,30 @@
+"""Which steps evaluate, save analysis checkpoints and save the resume state."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def checkpoint_steps(steps: int, count: int, spacing: str) -> list[int]:
+    """About `count` distinct steps in [0, steps], always including 0 and `steps`.
+
+    log: geometric from 1 to steps, dense early where grokking curves change fastest;
+    linear: evenly spaced; log+linear: half of each, so both the start and the long middle of a
+    run are covered. Rounding merges close early steps, so short runs get fewer.
+    """
+    if count <= 0:
+        return []
+    log_count = {"log": count, "linear": 0, "log+linear": count // 2}[spacing]
+    lin_count = count - log_count
+    chosen = {0, steps}
+    if log_count:
+        chosen.update(np.unique(np.round(np.geomspace(1, steps, log_count))).astype(int).tolist())
+    if lin_count:
+        chosen.update(np.round(np.linspace(0, steps, lin_count)).astype(int).tolist())
+    return sorted(chosen)
+
+
+def eval_steps(steps: int, eval_every: int, extra: list[int]) -> set[int]:
+    """Every eval_every steps, plus 0, the last step and the `extra` steps (checkpoints), so that
+    every saved checkpoint has its train and test metrics."""
+    return set(range(0, steps + 1, eval_every)) | {0, steps} | set(extra)

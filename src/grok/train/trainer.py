@@ -1,0 +1,250 @@
+"""The training loop: AdamW with warmup, evaluation at a cadence, checkpoints, exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from grok.data.splits import Split
+from grok.data.tasks import Task
+from grok.errors import GrokError
+from grok.tracking.base import Logger
+from grok.train import checkpoint as ckpt
+from grok.train.sampler import BatchSampler
+from grok.train.schedule import checkpoint_steps, eval_steps
+
+METRICS_FILE = "metrics.jsonl"
+EVAL_BATCH = 16384
+
+
+class TrainingDiverged(GrokError):
+    """The loss became NaN or infinite."""
+
+
+class ResumeMismatch(GrokError):
+    """The run directory holds a run with a different configuration."""
+
+
+@dataclass
+class TrainSettings:
+    steps: int
+    batch_size: int | None  # None: full batch
+    lr: float
+    weight_decay: float
+    betas: tuple[float, float]
+    warmup_steps: int
+    seed: int
+    eval_every: int
+    checkpoint_steps: list[int]
+    resume_every: int
+    progress: bool = True
+    # Parts of the run's config that must match to resume (a different one is a different run).
+    identity: dict[str, Any] = field(default_factory=dict)
+
+
+def build_settings(cfg, identity: dict[str, Any]) -> TrainSettings:
+    """TrainSettings from a checked grok.config.Config."""
+    tr, o = cfg.train, cfg.optim
+    return TrainSettings(
+        steps=cfg.steps,
+        batch_size=None if tr.batch_size == "full" else int(tr.batch_size),
+        lr=o.lr,
+        weight_decay=o.weight_decay,
+        betas=(o.betas[0], o.betas[1]),
+        warmup_steps=o.warmup_steps,
+        seed=cfg.seed,
+        eval_every=tr.eval_every,
+        checkpoint_steps=checkpoint_steps(cfg.steps, tr.checkpoints, tr.checkpoint_spacing),
+        resume_every=tr.resume_every,
+        progress=tr.progress,
+        identity=identity,
+    )
+
+
+def _progress_enabled(wanted: bool) -> bool:
+    # Quiet in CI logs and when stderr is a file or a pipe (cluster logs, tests).
+    return wanted and not os.environ.get("CI") and sys.stderr.isatty()
+
+
+class Trainer:
+    """Trains `model` on `split` of `task`, writing metrics and checkpoints into run_dir."""
+
+    def __init__(self, model: nn.Module, task: Task, split: Split, settings: TrainSettings,
+                 logger: Logger, run_dir: Path, device: torch.device):
+        self.model, self.task, self.split, self.s = model, task, split, settings
+        self.logger, self.run_dir, self.device = logger, Path(run_dir), device
+        tokens, labels = task.tokens().to(device), task.labels.to(device)
+        self.train_x, self.train_y = tokens[split.train_idx], labels[split.train_idx]
+        self.test_x, self.test_y = tokens[split.test_idx], labels[split.test_idx]
+        self.sampler = BatchSampler(len(split.train_idx), settings.batch_size, settings.seed)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr,
+                                           betas=settings.betas,
+                                           weight_decay=settings.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda i: self.lr_factor(i + 1))
+        self.eval_at = eval_steps(settings.steps, settings.eval_every, settings.checkpoint_steps)
+        self.checkpoint_at = set(settings.checkpoint_steps)
+        self.metrics_path = self.run_dir / METRICS_FILE
+        self.extra_state: dict[str, Any] = {}  # e.g. the W&B run id, stored in last.pt
+        self.step = 0
+        self._elapsed_before = 0.0
+        self._clock = time.perf_counter()
+
+    def lr_factor(self, update: int) -> float:
+        """Linear warmup over the first warmup_steps updates (1-based), then constant."""
+        return min(1.0, update / self.s.warmup_steps) if self.s.warmup_steps else 1.0
+
+    @property
+    def elapsed(self) -> float:
+        return self._elapsed_before + time.perf_counter() - self._clock
+
+    # ----------------------------------------------------------------------------- resume
+    def _resume(self, state: dict) -> None:
+        saved = state.get("identity", {})
+        for key in sorted(set(saved) | set(self.s.identity)):
+            if saved.get(key) != self.s.identity.get(key):
+                raise ResumeMismatch(
+                    f"{self.run_dir} holds a run with {key}={saved.get(key)!r}, but this command "
+                    f"has {key}={self.s.identity.get(key)!r}; repeat the original overrides to "
+                    "resume it, or start fresh in another run directory (hydra.run.dir=...)")
+        self.model.load_state_dict(state["model"])  # load_state_dict copies onto the device
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        self.step = int(state["step"])
+        self._elapsed_before = float(state["elapsed_s"])
+        self._clock = time.perf_counter()
+        self._truncate_metrics(self.step)
+
+    def _truncate_metrics(self, last_step: int) -> None:
+        """Drop metric rows written after the resume state was saved; they will be redone."""
+        if not self.metrics_path.exists():
+            return
+        rows = [r for r in read_metrics(self.metrics_path) if r["step"] <= last_step]
+        tmp = self.metrics_path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, self.metrics_path)
+
+    def save_resume_state(self) -> None:
+        ckpt.save_resume_state(self.run_dir, {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "elapsed_s": self.elapsed,
+            "identity": self.s.identity,
+            **self.extra_state,
+        })
+
+    # ---------------------------------------------------------------------------- evaluate
+    @torch.no_grad()
+    def _loss_acc(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        for i in range(0, len(x), EVAL_BATCH):
+            logits = self.model(x[i:i + EVAL_BATCH]).logits.float()
+            loss_sum += F.cross_entropy(logits, y[i:i + EVAL_BATCH], reduction="sum")
+            correct += (logits.argmax(-1) == y[i:i + EVAL_BATCH]).sum()
+        return loss_sum.item() / len(x), correct.item() / len(x)
+
+    def evaluate(self) -> dict[str, float]:
+        was_training = self.model.training
+        self.model.eval()
+        train_loss, train_acc = self._loss_acc(self.train_x, self.train_y)
+        test_loss, test_acc = self._loss_acc(self.test_x, self.test_y)
+        self.model.train(was_training)
+        with torch.no_grad():
+            norm = torch.sqrt(sum((p.float() ** 2).sum() for p in self.model.parameters()))
+        return {
+            "step": self.step,
+            "train/loss": train_loss,
+            "train/acc": train_acc,
+            "test/loss": test_loss,
+            "test/acc": test_acc,
+            "lr": self.s.lr * self.lr_factor(max(self.step, 1)),
+            "weight_norm": norm.item(),
+            "time/elapsed_s": self.elapsed,
+        }
+
+    def _record(self, row: dict[str, float]) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        self.logger.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+        if not math.isfinite(row["train/loss"]):
+            self.save_resume_state()
+            raise TrainingDiverged(
+                f"the training loss became {row['train/loss']} by step {self.step}; state saved "
+                f"in {self.run_dir}. Lower optim.lr or raise optim.warmup_steps and start a new "
+                "run")
+
+    # ------------------------------------------------------------------------------- train
+    def _train_step(self) -> None:
+        idx = self.sampler.batch(self.step).to(self.device)
+        logits = self.model(self.train_x[idx]).logits
+        loss = F.cross_entropy(logits, self.train_y[idx])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+
+    def _at_step_boundary(self, bar: tqdm) -> None:
+        if self.step in self.eval_at:
+            row = self.evaluate()
+            self._record(row)
+            bar.set_postfix(train_acc=f"{row['train/acc']:.3f}", test_acc=f"{row['test/acc']:.3f}",
+                            refresh=False)
+        if self.step in self.checkpoint_at:
+            ckpt.save_weights(self.run_dir, self.step, self.model, self.model.config_dict(),
+                              self.split.task)
+        if self.step % self.s.resume_every == 0 or self.step == self.s.steps:
+            self.save_resume_state()
+
+    def fit(self, resume_state: dict | None = None, until: int | None = None,
+            ) -> list[dict[str, float]]:
+        """Train to settings.steps, continuing from `resume_state` (the contents of last.pt) when
+        given; return all metric rows of the run so far. With `until`, stop after that step as if
+        interrupted there (the resume state is saved)."""
+        stop = self.s.steps if until is None else min(until, self.s.steps)
+        self.model.train()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_state is not None:
+            self._resume(resume_state)
+        else:
+            self.metrics_path.unlink(missing_ok=True)
+            self._at_step_boundary(_NullBar())
+        bar = tqdm(total=self.s.steps, initial=self.step, desc="train", unit="step",
+                   dynamic_ncols=True, disable=not _progress_enabled(self.s.progress))
+        try:
+            while self.step < stop:
+                self._train_step()
+                bar.update(1)
+                self._at_step_boundary(bar)
+        finally:
+            bar.close()
+        if self.step < self.s.steps:
+            self.save_resume_state()
+        return read_metrics(self.metrics_path)
+
+
+class _NullBar:
+    def set_postfix(self, **_: Any) -> None:
+        pass
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """All rows of a metrics.jsonl file, in order."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

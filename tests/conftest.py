@@ -1,0 +1,55 @@
+"""Shared fixtures: W&B kept offline in temporary folders, and tiny composed configs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from grok.config import Config, register_configs, to_config
+
+register_configs()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _wandb_offline(tmp_path_factory):
+    """No test may reach the network or read the user's W&B settings."""
+    root = tmp_path_factory.mktemp("wandb")
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    for name in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+        env[name] = str(root / name.lower())
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def compose_config(*overrides: str) -> Config:
+    """The checked Config that `python -m grok.main <overrides>` would run."""
+    with initialize_config_module(config_module="grok.conf", version_base="1.3"):
+        return to_config(compose(config_name="config", overrides=list(overrides)))
+
+
+TINY = ("task.p=7", "steps=40", "train.eval_every=10", "train.checkpoints=6",
+        "train.resume_every=10", "model.d_model=32", "model.d_mlp=64", "logger=none",
+        "device=cpu")
+
+
+def tiny_config(*overrides: str) -> Config:
+    return compose_config(*TINY, *overrides)
+
+
+def run_cli(*args: str, cwd: Path, module: str = "grok.main", env: dict | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m <module> args...` as a user would, with W&B offline and no progress bar."""
+    full_env = {**os.environ, "CI": "true", "HYDRA_FULL_ERROR": "", **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,77 @@
+from pathlib import Path
+
+import grok.conf
+import pytest
+
+from grok.config import ConfigError
+from tests.conftest import compose_config, run_cli
+
+CONF = Path(grok.conf.__file__).parent
+GROUPS = ["task", "split", "model", "optim", "train", "analysis", "logger"]
+
+
+def options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_group_option_composes(group):
+    assert options(group), group
+    for option in options(group):
+        overrides = [f"{group}={option}"]
+        if group == "split" and option == "conflict":
+            overrides.append("task=add")
+        cfg = compose_config(*overrides)
+        assert getattr(cfg, group).name if group not in ("task", "logger") else True
+
+
+def test_headline_command_composes():
+    cfg = compose_config("split=structured", "steps=400000")
+    assert cfg.split.name == "structured" and cfg.steps == 400000 and cfg.split.pattern == "block"
+
+
+def test_defaults():
+    cfg = compose_config()
+    assert (cfg.task.op, cfg.task.p, cfg.split.name, cfg.split.train_frac) == ("add", 97,
+                                                                              "random", 0.5)
+    assert cfg.model.name == "power_2l" and cfg.optim.weight_decay == 1.0
+    assert cfg.optim.betas == [0.9, 0.98] and cfg.optim.warmup_steps == 10
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["split.train_frac=1.5"], "split.train_frac"),
+    (["split.train_frac=0"], "split.train_frac"),
+    (["task.p=2"], "task.p"),
+    (["task=div", "task.p=91"], "task.p"),
+    (["steps=0"], "steps"),
+    (["model.d_model=130"], "model.d_model"),
+    (["task=div", "split=conflict"], "split.name"),
+    (["split=structured", "split.pattern=diagonal"], "split.pattern"),
+    (["train.batch_size=half"], "train.batch_size"),
+    (["optim.lr=-1"], "optim.lr"),
+    (["optim.betas=[0.9,1.2]"], "optim.betas"),
+    (["device=tpu"], "device"),
+    (["logger.mode=sometimes"], "logger.mode"),
+])
+def test_out_of_range_values_name_the_key(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        compose_config(*overrides)
+    assert str(err.value).startswith(f"{key}=")
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("split.train_frac=1.5", "split.train_frac=1.5 is invalid"),
+    ("task=div task.p=91", "div needs a prime modulus"),
+    ("split=bogus", "Could not find 'split/bogus'"),
+    ("steps=abc", "steps"),
+    ("nonsense=1", "nonsense"),
+    ("model.n_heads=3.5", "n_heads"),
+])
+def test_bad_input_fails_cleanly_before_training(tmp_path, override, needle):
+    run_dir = tmp_path / "run"
+    result = run_cli(f"hydra.run.dir={run_dir}", "task.p=7", "steps=5", "logger=none",
+                     *override.split(), cwd=tmp_path)
+    assert result.returncode != 0
+    assert needle in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not run_dir.exists()  # nothing half-written

@@ -1,0 +1,18 @@
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_subpackage_is_listed_in_pyproject():
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"])
+    on_disk = {".".join(init.parent.relative_to(ROOT / "src").parts)
+               for init in (ROOT / "src" / "grok").rglob("__init__.py")}
+    assert listed == on_disk | {"grok.conf"}
+
+
+def test_torch_is_capped_below_2_14():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    torch_req = next(d for d in deps if d.startswith("torch"))
+    assert "<2.14" in torch_req

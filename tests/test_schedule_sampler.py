@@ -1,0 +1,44 @@
+import torch
+
+from grok.train.sampler import BatchSampler
+from grok.train.schedule import checkpoint_steps, eval_steps
+
+
+def test_log_linear_checkpoints_are_dense_early_and_include_ends():
+    steps = checkpoint_steps(400_000, 200, "log+linear")
+    assert steps[0] == 0 and steps[-1] == 400_000 and steps == sorted(set(steps))
+    assert 150 <= len(steps) <= 201
+    early = [s for s in steps if s <= 4000]  # the first 1% of the run
+    assert len(early) > 40  # log half puts many there; linear alone would give 1-2
+
+
+def test_linear_and_log_spacing():
+    assert checkpoint_steps(100, 5, "linear") == [0, 25, 50, 75, 100]
+    log = checkpoint_steps(10_000, 5, "log")
+    assert log == [0, 1, 10, 100, 1000, 10_000]
+    assert checkpoint_steps(100, 0, "log") == []
+
+
+def test_eval_steps_cover_cadence_and_checkpoints():
+    at = eval_steps(100, 30, [7, 55])
+    assert at == {0, 30, 60, 90, 100, 7, 55}
+
+
+def test_batches_are_a_function_of_the_step():
+    a, b = BatchSampler(100, 32, seed=5), BatchSampler(100, 32, seed=5)
+    for step in [0, 1, 2, 3, 7, 2, 0]:  # out of order, as after a resume
+        assert torch.equal(a.batch(step), BatchSampler(100, 32, seed=5).batch(step))
+    assert not torch.equal(b.batch(0), BatchSampler(100, 32, seed=6).batch(0))
+
+
+def test_each_epoch_visits_rows_without_repeats():
+    sampler = BatchSampler(100, 32, seed=0)  # 3 batches an epoch, 4 rows dropped
+    for epoch in range(3):
+        rows = torch.cat([sampler.batch(epoch * 3 + i) for i in range(3)])
+        assert len(rows) == 96 and len(set(rows.tolist())) == 96
+
+
+def test_full_batch():
+    sampler = BatchSampler(10, None, seed=0)
+    assert sorted(sampler.batch(3).tolist()) == list(range(10))
+    assert BatchSampler(10, 64, seed=0).full_batch
