@@ -44,7 +44,9 @@ class ForwardPass:
     step: int
     logits: torch.Tensor  # (n, n_classes)
     residuals: torch.Tensor  # (n_layers, n, d_model): residual stream at `=` after each layer
-    attention: torch.Tensor  # (n_layers, n, n_heads, n_ctx): the `=` query's attention pattern
+    # (n_layers, n, n_heads, n_ctx): the `=` query's attention pattern; None for models without
+    # attention (the bilinear model)
+    attention: torch.Tensor | None
 
 
 class Analyzer(Protocol):
@@ -63,7 +65,8 @@ def forward_pass(model: nn.Module, probe: Probe, step: int, batch: int = 16384) 
         step=step,
         logits=torch.cat([o.logits for o in outs]).float(),
         residuals=torch.cat([o.residuals for o in outs], dim=1).float(),
-        attention=torch.cat([o.attention for o in outs], dim=1).float(),
+        attention=(None if outs[0].attention is None
+                   else torch.cat([o.attention for o in outs], dim=1).float()),
     )
 
 
