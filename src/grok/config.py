@@ -23,7 +23,7 @@ ARCHS = ("transformer",)
 ACTIVATIONS = ("relu", "gelu")
 CHECKPOINT_SPACINGS = ("log", "linear", "log+linear")
 LOGGERS = ("wandb", "csv", "none")
-ANALYSIS_SUITES = ("none",)
+ANALYSIS_SUITES = ("none", "grokking")
 
 
 class ConfigError(GrokError, ValueError):
@@ -79,6 +79,13 @@ class TrainConfig:
 @dataclass
 class AnalysisConfig:
     name: str = "none"
+    window: int = 5  # t_grok: evaluation points per sliding window
+    threshold: float = 0.15  # t_grok: smallest test-accuracy rise across a window
+    before: int = 3  # checkpoints selected before, near and after t_grok
+    near: int = 2
+    after: int = 3
+    before_after_ratio: float = 2.0  # "before"/"after" values at t_grok / r and t_grok * r
+    batch_size: int = 16384  # probe inputs per forward batch
 
 
 @dataclass
@@ -174,7 +181,7 @@ def check(cfg: Config) -> Config:
         _fail("train.checkpoints", tr.checkpoints, "must be >= 0")
     _one_of("train.checkpoint_spacing", tr.checkpoint_spacing, CHECKPOINT_SPACINGS)
 
-    _one_of("analysis.name", cfg.analysis.name, ANALYSIS_SUITES)
+    check_analysis(cfg.analysis)
     _one_of("logger.backend", cfg.logger.backend, LOGGERS)
     if cfg.logger.mode is not None:
         _one_of("logger.mode", cfg.logger.mode, ("online", "offline", "disabled"))
@@ -184,6 +191,21 @@ def check(cfg: Config) -> Config:
     if not (cfg.device in ("auto", "cpu", "cuda", "mps") or cfg.device.startswith("cuda:")):
         _fail("device", cfg.device, "choose auto, cpu, cuda, cuda:N or mps")
     return cfg
+
+
+def check_analysis(a: AnalysisConfig) -> AnalysisConfig:
+    _one_of("analysis.name", a.name, ANALYSIS_SUITES)
+    if a.window < 2:
+        _fail("analysis.window", a.window, "must be at least 2 evaluation points")
+    if not 0.0 < a.threshold <= 1.0:
+        _fail("analysis.threshold", a.threshold, "must be in (0, 1] (a rise in test accuracy)")
+    for key in ("before", "near", "after"):
+        if getattr(a, key) < 0:
+            _fail(f"analysis.{key}", getattr(a, key), "must be >= 0")
+    if not a.before_after_ratio >= 1.0:
+        _fail("analysis.before_after_ratio", a.before_after_ratio, "must be >= 1")
+    _positive("analysis.batch_size", a.batch_size)
+    return a
 
 
 def to_config(cfg: DictConfig) -> Config:

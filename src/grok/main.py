@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from grok import naming, plots
+from grok.analysis.runner import analysis_lines, run_analysis, settings_from_config
 from grok.config import Config, config_dict, register_configs, to_config
 from grok.data.splits import Split, SplitError, load_split, make_split, save_split
 from grok.data.tasks import Task, build_task
@@ -53,6 +54,10 @@ def run(cfg: Config, run_dir: Path, logger: Logger | None = None) -> dict:
         summary = summarize(rows)
         logger.summary(summary)
         print(summary_line(summary, run_dir), flush=True)
+        analysis = run_analysis(run_dir, cfg.analysis.name, settings_from_config(cfg.analysis),
+                                device, logger, progress=cfg.train.progress)
+        for line in analysis_lines(analysis, run_dir):
+            print(line, flush=True)
         exit_code = 0
         return summary
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -35,3 +36,94 @@ def training_curves(rows: list[dict], path: Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+# ------------------------------------------------------------------------- grokking suite
+# Fixed y ranges so that figures of different runs line up: accuracy in [0, 1], rank in
+# [0, d_model], entropy in [0, ln(number of keys)] nats.
+ACC_YLIM = (-0.02, 1.02)
+
+
+def _rank_ylim(report: dict) -> tuple[float, float]:
+    d_model = (report.get("model") or {}).get("d_model")
+    top = d_model if d_model else max(max(r["rank"]) for r in report["full_analyses"])
+    return (0.0, float(top) * 1.02)
+
+
+def _entropy_ylim(report: dict) -> tuple[float, float]:
+    n_keys = (report.get("model") or {}).get("n_ctx") or 3
+    return (0.0, math.log(n_keys) * 1.02)
+
+
+def _t_grok_line(ax, t_grok, colour="black", label="t_grok") -> None:
+    if t_grok is not None:
+        ax.axvline(t_grok, color=colour, linestyle="--", linewidth=1, label=f"{label} = {t_grok}")
+
+
+def _accuracy_panel(ax, report: dict) -> None:
+    rows = report.get("training_metrics") or {}
+    if rows.get("step"):
+        ax.plot(rows["step"], rows["train/acc"], color="tab:blue", alpha=0.6, label="train")
+        ax.plot(rows["step"], rows["test/acc"], color="tab:red", label="test")
+    else:
+        ax.plot(report["checkpoint_steps"], report["test_accuracy"], color="tab:red",
+                marker=".", label="test (checkpoints)")
+    ax.set(ylim=ACC_YLIM, ylabel="accuracy")
+
+
+def _rank_panel(ax, report: dict) -> None:
+    steps = report["checkpoint_steps"]
+    ranks = [r["rank"] for r in report["full_analyses"]]
+    n_layers = len(ranks[0])
+    for layer in range(n_layers - 1):
+        ax.plot(steps, [r[layer] for r in ranks], linewidth=1, alpha=0.7,
+                label=f"layer {layer + 1}")
+    ax.plot(steps, report["final_layer_rank"], color="tab:purple", linewidth=2,
+            label=f"layer {n_layers} (final)")
+    ax.set(ylim=_rank_ylim(report), ylabel="effective rank at '='")
+
+
+def _entropy_panel(ax, report: dict) -> None:
+    steps = report["checkpoint_steps"]
+    if report["avg_entropy"] is None:
+        ax.text(0.5, 0.5, "no attention", transform=ax.transAxes, ha="center")
+    else:
+        rows = report["full_analyses"]
+        for layer in range(len(rows[0]["layer_entropy"])):
+            ax.plot(steps, [r["layer_entropy"][layer] for r in rows], linewidth=1, alpha=0.7,
+                    label=f"layer {layer + 1}")
+        ax.plot(steps, report["avg_entropy"], color="tab:green", linewidth=2, label="mean")
+    ax.set(ylim=_entropy_ylim(report), ylabel="attention entropy at '=' (nats)")
+
+
+GROKKING_PANELS = {"accuracy": _accuracy_panel, "rank": _rank_panel, "entropy": _entropy_panel}
+
+
+def grokking_figures(report: dict, folder: Path, title: str = "") -> dict[str, Path]:
+    """plots/grokking_{accuracy,rank,entropy}.png and the combined plots/grokking.png: values
+    against step (linear, unsmoothed) with a vertical line at t_grok."""
+    folder = Path(folder)
+    paths: dict[str, Path] = {}
+    t = report["t_grok"]
+    for name, panel in GROKKING_PANELS.items():
+        fig, ax = plt.subplots(figsize=(7, 4))
+        panel(ax, report)
+        _t_grok_line(ax, t)
+        ax.set(xlabel="step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+        if title:
+            ax.set_title(title)
+        paths[f"grokking_{name}"] = _save(fig, folder / f"grokking_{name}.png")
+    fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
+    for ax, panel in zip(axes, GROKKING_PANELS.values()):
+        panel(ax, report)
+        _t_grok_line(ax, t)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    axes[-1].set(xlabel="step")
+    method = report["t_grok_method"]
+    fig.suptitle(title or (f"t_grok = {t} ({method})" if t is not None
+                           else "t_grok not detected"))
+    paths["grokking"] = _save(fig, folder / "grokking.png")
+    return paths

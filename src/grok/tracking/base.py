@@ -17,6 +17,8 @@ class Logger(Protocol):
 
     def summary(self, values: dict[str, Any]) -> None: ...
 
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None: ...
+
     def close(self, exit_code: int = 0) -> None: ...
 
 
@@ -32,6 +34,9 @@ class NullLogger:
     def summary(self, values: dict[str, Any]) -> None:
         pass
 
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+        pass
+
     def close(self, exit_code: int = 0) -> None:
         pass
 
@@ -44,6 +49,7 @@ class InMemoryLogger:
         self.rows: list[tuple[int, dict[str, Any]]] = []
         self.figures: list[tuple[str, Path, int | None]] = []
         self.summary_values: dict[str, Any] = {}
+        self.tables: dict[str, tuple[list[str], list[list[Any]]]] = {}
         self.closed = False
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
@@ -54,6 +60,9 @@ class InMemoryLogger:
 
     def summary(self, values: dict[str, Any]) -> None:
         self.summary_values.update(values)
+
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+        self.tables[name] = (list(columns), [list(r) for r in rows])
 
     def close(self, exit_code: int = 0) -> None:
         self.closed = True

@@ -36,5 +36,11 @@ class CsvLogger:
         self._summary.update(values)
         (self.folder / "summary.json").write_text(json.dumps(self._summary, indent=2, default=str))
 
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+        with open(self.folder / f"{name.replace('/', '_')}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(columns)
+            writer.writerows(rows)
+
     def close(self, exit_code: int = 0) -> None:
         self._file.close()

@@ -55,5 +55,9 @@ class WandbLogger:
         for key, value in values.items():
             self._run.summary[key] = value
 
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+        table = self._wandb.Table(columns=list(columns), data=[list(r) for r in rows])
+        self._run.log({name: table})
+
     def close(self, exit_code: int = 0) -> None:
         self._run.finish(exit_code=exit_code)

@@ -1,0 +1,168 @@
+"""The analysis runner: load a run directory, run the chosen suite, let the suites save and log.
+
+A suite is a sequence of named steps. Each step gets the loaded run, the settings and, as the
+keyword t_grok, the forced value or the t_grok an earlier step of the suite returned, and
+returns a dict that the runner hands back under the step's name. A suite that chains another
+analysis after the grokking one is therefore one more entry in SUITES, e.g.
+
+    SUITES["trajectory"] = (("trajectory", lambda run, _s, **kw: run_trajectory_suite(
+        *run.as_args(), **kw)),)
+    SUITES["full"] = SUITES["grokking"] + SUITES["trajectory"]
+
+Training runs call run_analysis at the end (grok.main); `python -m grok.analyze` calls it on a
+finished run. The runner never trains and never recomputes the split: split.pt is loaded with its
+checksum verified and checked against the checkpoints and the run's recorded config.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from grok.analysis.grokking import grokking_suite
+from grok.analysis.grokking import summary_line as grokking_line
+from grok.analysis.settings import AnalysisError, AnalysisSettings
+from grok.data.splits import Split, SplitError, load_split
+from grok.data.tasks import Task, build_task
+from grok.tracking.base import Logger
+from grok.train.checkpoint import list_checkpoints, load_checkpoint
+from grok.train.trainer import METRICS_FILE, read_metrics
+
+__all__ = ["AnalysisError", "AnalysisSettings", "LoadedRun", "SUITES", "analysis_lines",
+           "load_run", "run_analysis", "settings_from_config"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """Everything an analysis needs from a run directory, loaded once."""
+
+    run_dir: Path
+    task: Task
+    split: Split
+    checkpoints: list[tuple[int, Path]]  # (step, path), ascending
+    metrics: list[dict]  # the rows of metrics.jsonl ([] when the file is missing)
+
+    def as_args(self) -> tuple[Path, Task, Split, list[tuple[int, Path]], list[dict]]:
+        return self.run_dir, self.task, self.split, self.checkpoints, self.metrics
+
+
+# (run, settings, *, t_grok, device, logger, progress) -> results of the step
+SuiteStep = Callable[..., dict[str, Any]]
+
+SUITES: dict[str, tuple[tuple[str, SuiteStep], ...]] = {
+    "none": (),
+    "grokking": (("grokking", grokking_suite),),
+}
+
+# One printed line per step that has one: (results, run_dir) -> str
+SUMMARY_LINES: dict[str, Callable[[dict, Path], str]] = {"grokking": grokking_line}
+
+
+def analysis_lines(results: dict[str, dict], run_dir: Path) -> list[str]:
+    """What to print after an analysis: one line per step of the suite that has one."""
+    return [SUMMARY_LINES[name](res, run_dir) for name, res in results.items()
+            if name in SUMMARY_LINES]
+
+
+def run_analysis(run_dir: Path, suite: str, settings: AnalysisSettings, device: torch.device,
+                 logger: Logger, progress: bool = True) -> dict:
+    """Run `suite` on the run in run_dir; {step name: its results} ({} for suite "none")."""
+    if suite not in SUITES:
+        raise AnalysisError(f"analysis={suite!r} is not a suite; choose one of "
+                            + ", ".join(SUITES))
+    steps = SUITES[suite]
+    if not steps:
+        return {}
+    run = load_run(run_dir)
+    results: dict[str, Any] = {}
+    t_grok = settings.t_grok
+    for name, step in steps:
+        results[name] = step(run, settings, t_grok=t_grok, device=torch.device(device),
+                             logger=logger, progress=progress)
+        t_grok = results[name].get("t_grok", t_grok)
+    return results
+
+
+def load_run(run_dir: Path) -> LoadedRun:
+    """Task, split, checkpoint list and metrics of a run directory, with clear errors."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise AnalysisError(f"run directory {run_dir} not found; pass the folder of a training "
+                            "run, e.g. run_dir=outputs/runs/<date>/<time>")
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        raise AnalysisError(f"no checkpoints in {run_dir / 'checkpoints'} (step_*.pt); the run "
+                            "saved none, so there is nothing to analyse (train with "
+                            "train.checkpoints > 0)")
+    split = load_split(run_dir / "split.pt")  # SplitError: missing, unreadable or bad checksum
+    task = build_task(split.task["op"], split.task["p"])
+    _check_split_belongs(run_dir, split, checkpoints)
+    metrics_path = run_dir / METRICS_FILE
+    metrics = read_metrics(metrics_path) if metrics_path.is_file() else []
+    return LoadedRun(run_dir, task, split, checkpoints, metrics)
+
+
+def _check_split_belongs(run_dir: Path, split: Split, checkpoints: list[tuple[int, Path]]) -> None:
+    """split.pt must be this run's: same task as the checkpoints, same split as the config."""
+    for _, path in checkpoints:
+        try:
+            ckpt_task = dict(load_checkpoint(path)["task"])
+        except Exception:  # an unreadable one is reported (and skipped) by the scan
+            continue
+        if ckpt_task != split.task:
+            raise SplitError(f"{run_dir / 'split.pt'} belongs to {split.task['op']} mod "
+                             f"{split.task['p']}, but the checkpoints were trained on "
+                             f"{ckpt_task['op']} mod {ckpt_task['p']}; restore the run's own "
+                             "split.pt")
+        break
+    recorded = _recorded_config(run_dir)
+    if recorded is None:
+        return
+    cfg_split, seed = recorded.get("split", {}), recorded.get("seed")
+    expected = {
+        "task": {"op": recorded.get("task", {}).get("op"), "p": recorded.get("task", {}).get("p")},
+        "name": cfg_split.get("name"),
+        "seed": cfg_split.get("seed") if cfg_split.get("seed") is not None else seed,
+        "train_frac": cfg_split.get("train_frac"),
+    }
+    found = {"task": split.task, "name": split.name, "seed": split.seed,
+             "train_frac": split.params.get("train_frac")}
+    if split.name == "structured":
+        expected["pattern"], found["pattern"] = cfg_split.get("pattern"), split.params.get(
+            "pattern")
+    for key, value in expected.items():
+        if value is not None and found[key] != value:
+            raise SplitError(f"{run_dir / 'split.pt'} does not match the run's config: it has "
+                             f"{key}={found[key]!r} where the config has {key}={value!r}; "
+                             "restore the run's own split.pt")
+
+
+def _recorded_config(run_dir: Path) -> dict | None:
+    """The run's accepted Hydra config record (main.py keeps it in .hydra/accepted/)."""
+    for path in (run_dir / ".hydra" / "accepted" / "config.yaml",
+                 run_dir / ".hydra" / "config.yaml"):
+        if path.is_file():
+            try:
+                data = yaml.safe_load(path.read_text())
+            except yaml.YAMLError:
+                log.warning("cannot parse %s; the split is checked by its checksum only", path)
+                return None
+            return data if isinstance(data, dict) else None
+    return None
+
+
+def settings_from_config(analysis_cfg: Any, t_grok: int | None = None) -> AnalysisSettings:
+    """AnalysisSettings from a checked grok.config.AnalysisConfig (and a forced t_grok)."""
+    return AnalysisSettings(window=analysis_cfg.window, threshold=analysis_cfg.threshold,
+                            t_grok=t_grok, before=analysis_cfg.before, near=analysis_cfg.near,
+                            after=analysis_cfg.after,
+                            before_after_ratio=analysis_cfg.before_after_ratio,
+                            batch_size=analysis_cfg.batch_size)

@@ -1,0 +1,106 @@
+"""Run analyzers over a run's checkpoints: each file loaded once, one shared forward pass each.
+
+Unreadable checkpoints are skipped with a warning; a CUDA out-of-memory error moves the rest of
+the scan to the CPU with a warning. Both are reported back so the runner can record them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from grok.analysis.base import Analyzer, Probe, Result, forward_pass, load_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Scan:
+    steps: list[int] = field(default_factory=list)
+    results: list[Result] = field(default_factory=list)  # merged analyzer outputs per step
+    warnings: list[str] = field(default_factory=list)
+    device: torch.device = torch.device("cpu")  # where the scan finished
+    model_config: dict | None = None  # of the first checkpoint read
+
+
+def progress_enabled(wanted: bool) -> bool:
+    """Progress bars only on an interactive terminal, never in CI logs or piped output."""
+    return wanted and not os.environ.get("CI") and sys.stderr.isatty()
+
+
+def _warn(scan: Scan, message: str) -> None:
+    log.warning(message)
+    scan.warnings.append(message)
+
+
+def _load(path: Path, device: torch.device):
+    """(step, model), or the reason the file cannot be used."""
+    try:
+        return load_model(path, device)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as exc:  # truncated, foreign or corrupt file; wrong or missing keys
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        return f"{type(exc).__name__}: {first_line}"
+
+
+def _analyse(model, step: int, probe: Probe, analyzers: Sequence[Analyzer], batch: int) -> Result:
+    forward = forward_pass(model, probe, step, batch=batch)
+    result: Result = {}
+    for analyzer in analyzers:
+        result.update(analyzer(model, probe, forward))
+    return result
+
+
+def _attempt(scan: Scan, step: int, path: Path, probe: Probe, analyzers: Sequence[Analyzer],
+             batch: int):
+    """(step, model, result) of one checkpoint, or None (with a warning) if it cannot be read."""
+    loaded = _load(path, scan.device)
+    if isinstance(loaded, str):
+        _warn(scan, f"skipping unreadable checkpoint {path} ({loaded})")
+        return None
+    found, model = loaded
+    if found != step:
+        _warn(scan, f"{path} holds step {found}, not {step} as its name says; using {found}")
+    return found, model, _analyse(model, found, probe, analyzers, batch)
+
+
+def _on_device(probe: Probe, device: torch.device) -> Probe:
+    return Probe(probe.task, probe.split, probe.tokens.to(device), probe.labels.to(device))
+
+
+def scan_checkpoints(checkpoints: Sequence[tuple[int, Path]], probe: Probe,
+                     analyzers: Sequence[Analyzer], device: torch.device, batch: int = 16384,
+                     progress: bool = True) -> Scan:
+    """Apply every analyzer to every checkpoint; results in checkpoint order."""
+    scan = Scan(device=torch.device(device))
+    probe = _on_device(probe, scan.device)
+    bar = tqdm(checkpoints, desc="analyse", unit="ckpt", dynamic_ncols=True,
+               disable=not progress_enabled(progress))
+    for step, path in bar:
+        try:
+            done = _attempt(scan, step, path, probe, analyzers, batch)
+        except torch.cuda.OutOfMemoryError:
+            if scan.device.type != "cuda":
+                raise
+            _warn(scan, f"CUDA out of memory at checkpoint step {step}; continuing the analysis "
+                        "on the CPU (slower)")
+            scan.device = torch.device("cpu")
+            probe = _on_device(probe, scan.device)
+            torch.cuda.empty_cache()
+            done = _attempt(scan, step, path, probe, analyzers, batch)
+        if done is not None:
+            found, model, result = done
+            if scan.model_config is None and hasattr(model, "config_dict"):
+                scan.model_config = model.config_dict()
+            scan.steps.append(found)
+            scan.results.append(result)
+    bar.close()
+    return scan
