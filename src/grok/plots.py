@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on cluster nodes or CI
 import matplotlib.pyplot as plt  # noqa: E402
 
+from grok.analysis.aggregate import band  # noqa: E402
+
 
 def _save(fig, path: Path) -> Path:
     path = Path(path)
@@ -126,4 +128,72 @@ def grokking_figures(report: dict, folder: Path, title: str = "") -> dict[str, P
     fig.suptitle(title or (f"t_grok = {t} ({method})" if t is not None
                            else "t_grok not detected"))
     paths["grokking"] = _save(fig, folder / "grokking.png")
+    return paths
+
+
+# ---------------------------------------------------------------------------- comparison
+def _curve(report: dict, metric: str) -> tuple[list, list]:
+    """(steps, values) of one run's report for accuracy, rank or entropy."""
+    if metric == "accuracy":
+        rows = report.get("training_metrics") or {}
+        if rows.get("step"):
+            return rows["step"], rows["test/acc"]
+        return report["checkpoint_steps"], report["test_accuracy"]
+    key = {"rank": "final_layer_rank", "entropy": "avg_entropy"}[metric]
+    return report["checkpoint_steps"], report[key] or [None] * len(report["checkpoint_steps"])
+
+
+COMPARE_YLABELS = {"accuracy": "test accuracy", "rank": "final-layer effective rank at '='",
+                   "entropy": "mean attention entropy at '=' (nats)"}
+
+
+def _compare_panel(ax, groups: dict[str, list[dict]], metric: str, xscale: str) -> None:
+    reports = [r for rs in groups.values() for r in rs]
+    ylim = {"accuracy": ACC_YLIM,
+            "rank": (0.0, max(_rank_ylim(r)[1] for r in reports)),
+            "entropy": (0.0, max(_entropy_ylim(r)[1] for r in reports))}[metric]
+    for i, (label, runs) in enumerate(groups.items()):
+        colour = f"C{i % 10}"
+        curves = []
+        for r in runs:
+            steps, values = _curve(r, metric)
+            keep = [(s, v) for s, v in zip(steps, values) if v is not None
+                    and (xscale != "log" or s > 0)]
+            if keep:
+                curves.append(([s for s, _ in keep], [v for _, v in keep]))
+        if curves:
+            b = band(curves)
+            ax.plot(b["step"], b["mean"], color=colour, linewidth=1.6,
+                    label=f"{label} (n={len(runs)})")
+            if len(curves) > 1:
+                ax.fill_between(b["step"], b["mean"] - b["std"], b["mean"] + b["std"],
+                                color=colour, alpha=0.2, linewidth=0)
+        for r in runs:
+            if r["t_grok"] is not None and (xscale != "log" or r["t_grok"] > 0):
+                ax.axvline(r["t_grok"], color=colour, linestyle="--", linewidth=1, alpha=0.8)
+    ax.set(xscale=xscale, ylim=ylim, ylabel=COMPARE_YLABELS[metric])
+    ax.grid(alpha=0.3)
+
+
+def compare_figures(groups: dict[str, list[dict]], folder: Path,
+                    xscale: str = "log") -> dict[str, Path]:
+    """Overlays of several variants (label -> the reports of its seeds): compare_accuracy.png,
+    compare_rank.png, compare_entropy.png and the combined compare.png. One colour per variant:
+    the mean over seeds with a +-1 std band, and a dashed t_grok line per run."""
+    folder = Path(folder)
+    paths: dict[str, Path] = {}
+    note = "dashed: t_grok of each run; band: ±1 std over seeds"
+    for metric in COMPARE_YLABELS:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        _compare_panel(ax, groups, metric, xscale)
+        ax.set(xlabel="step", title=note)
+        ax.legend(fontsize=8, loc="best")
+        paths[f"compare_{metric}"] = _save(fig, folder / f"compare_{metric}.png")
+    fig, axes = plt.subplots(3, 1, figsize=(9, 10), sharex=True)
+    for ax, metric in zip(axes, COMPARE_YLABELS):
+        _compare_panel(ax, groups, metric, xscale)
+    axes[0].legend(fontsize=8, loc="best")
+    axes[0].set_title(note)
+    axes[-1].set(xlabel="step")
+    paths["compare"] = _save(fig, folder / "compare.png")
     return paths

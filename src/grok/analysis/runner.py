@@ -34,8 +34,9 @@ from grok.tracking.base import Logger
 from grok.train.checkpoint import list_checkpoints, load_checkpoint
 from grok.train.trainer import METRICS_FILE, read_metrics
 
-__all__ = ["AnalysisError", "AnalysisSettings", "LoadedRun", "SUITES", "analysis_lines",
-           "load_run", "run_analysis", "settings_from_config"]
+__all__ = ["AnalysisError", "AnalysisSettings", "LoadedRun", "SUITES", "analyse_loaded",
+           "analysis_lines", "load_run", "recorded_config_dict", "run_analysis",
+           "settings_from_config"]
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,15 @@ def run_analysis(run_dir: Path, suite: str, settings: AnalysisSettings, device: 
     if suite not in SUITES:
         raise AnalysisError(f"analysis={suite!r} is not a suite; choose one of "
                             + ", ".join(SUITES))
-    steps = SUITES[suite]
-    if not steps:
+    if not SUITES[suite]:
         return {}
-    run = load_run(run_dir)
+    return analyse_loaded(load_run(run_dir), suite, settings, device, logger, progress)
+
+
+def analyse_loaded(run: LoadedRun, suite: str, settings: AnalysisSettings, device: torch.device,
+                   logger: Logger, progress: bool = True) -> dict:
+    """run_analysis on an already loaded run (the post-hoc entry point checks it first)."""
+    steps = SUITES[suite]
     results: dict[str, Any] = {}
     t_grok = settings.t_grok
     for name, step in steps:
@@ -123,7 +129,7 @@ def _check_split_belongs(run_dir: Path, split: Split, checkpoints: list[tuple[in
                              f"{ckpt_task['op']} mod {ckpt_task['p']}; restore the run's own "
                              "split.pt")
         break
-    recorded = _recorded_config(run_dir)
+    recorded = recorded_config_dict(run_dir)
     if recorded is None:
         return
     cfg_split, seed = recorded.get("split", {}), recorded.get("seed")
@@ -145,7 +151,7 @@ def _check_split_belongs(run_dir: Path, split: Split, checkpoints: list[tuple[in
                              "restore the run's own split.pt")
 
 
-def _recorded_config(run_dir: Path) -> dict | None:
+def recorded_config_dict(run_dir: Path) -> dict | None:
     """The run's accepted Hydra config record (main.py keeps it in .hydra/accepted/)."""
     for path in (run_dir / ".hydra" / "accepted" / "config.yaml",
                  run_dir / ".hydra" / "config.yaml"):

@@ -1,0 +1,159 @@
+"""`python -m grok.analyze run_dir=PATH [analysis=grokking] [t_grok=STEP] [device=cpu]`.
+
+Rebuilds the analyses of a run from its directory alone: task and split from split.pt (checksum
+verified, never recomputed), models from the checkpoints, t_grok from metrics.jsonl. It never
+trains. Results overwrite the run's analysis/ and plots/ files and go to a logger run of job type
+"analysis" (W&B by default, offline unless told otherwise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from grok import naming
+from grok.analysis.runner import (
+    LoadedRun,
+    analyse_loaded,
+    analysis_lines,
+    load_run,
+    recorded_config_dict,
+    settings_from_config,
+)
+from grok.config import (
+    AnalysisConfig,
+    Config,
+    ConfigError,
+    LoggerConfig,
+    check_analysis,
+    config_dict,
+    register_configs,
+)
+from grok.device import resolve_device
+from grok.errors import GrokError
+from grok.tracking import Logger, build_logger
+
+
+@dataclass
+class AnalyzeConfig:
+    run_dir: str = MISSING
+    t_grok: int | None = None
+    device: str = "auto"
+    progress: bool = True
+    analysis: AnalysisConfig = field(default_factory=lambda: AnalysisConfig(name="grokking"))
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def register() -> None:
+    register_configs()
+    ConfigStore.instance().store(name="analyze_schema", node=AnalyzeConfig)
+
+
+register()
+
+
+def to_analyze_config(dcfg: DictConfig) -> AnalyzeConfig:
+    try:
+        obj = OmegaConf.to_object(dcfg)
+    except MissingMandatoryValue:
+        raise ConfigError("run_dir is required: python -m grok.analyze run_dir=PATH "
+                          "[analysis=grokking] [t_grok=STEP] [device=cpu]") from None
+    assert isinstance(obj, AnalyzeConfig)
+    check_analysis(obj.analysis)
+    if obj.t_grok is not None and obj.t_grok < 0:
+        raise ConfigError(f"t_grok={obj.t_grok} is invalid: must be a step >= 0")
+    obj.logger.tags = list(obj.logger.tags)
+    return obj
+
+
+def analyze(cfg: AnalyzeConfig, logger: Logger | None = None) -> dict:
+    """Run cfg.analysis on cfg.run_dir and return {suite step: results}."""
+    run_dir = Path(cfg.run_dir)
+    device = resolve_device(cfg.device)
+    if cfg.analysis.name == "none":
+        print("analysis=none: nothing to analyse; choose analysis=grokking", flush=True)
+        return {}
+    run = load_run(run_dir)  # every check on the run directory before a logger writes into it
+    last = run.checkpoints[-1][0]
+    if cfg.t_grok is not None and cfg.t_grok > last:
+        raise ConfigError(f"t_grok={cfg.t_grok} is invalid: the run's last checkpoint is at "
+                          f"step {last}")
+    logger = logger or open_logger(cfg, run)
+    exit_code = 1
+    try:
+        results = analyse_loaded(run, cfg.analysis.name,
+                                 settings_from_config(cfg.analysis, t_grok=cfg.t_grok), device,
+                                 logger, progress=cfg.progress)
+        for line in analysis_lines(results, run_dir):
+            print(line, flush=True)
+        exit_code = 0
+        return results
+    finally:
+        logger.close(exit_code)
+
+
+def recorded_config(run_dir: Path) -> Config | None:
+    """The run's training config from its accepted Hydra record, if it can be read."""
+    data = recorded_config_dict(run_dir)
+    if data is None:
+        return None
+    data.pop("hydra", None)
+    try:
+        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))
+    except Exception:  # an old or hand-edited record: fall back to generic names
+        return None
+    return obj if isinstance(obj, Config) else None
+
+
+def open_logger(cfg: AnalyzeConfig, run: LoadedRun) -> Logger:
+    """A logger run of job type "analysis", grouped and named like the training run."""
+    lc = cfg.logger
+    trained = recorded_config(run.run_dir)
+    info: dict[str, Any] = {"run_dir": str(run.run_dir.resolve()), "t_grok": cfg.t_grok,
+                            "split_checksum": run.split.checksum}
+    if trained is not None:
+        config = {**config_dict(trained), "analysis": dataclasses.asdict(cfg.analysis),
+                  "posthoc": info}
+        group, name = naming.group(trained), naming.run_name(trained)
+        tags = [trained.task.op, trained.split.name, trained.model.name]
+    else:
+        config = {"analysis": dataclasses.asdict(cfg.analysis), "posthoc": info}
+        task = run.split.task
+        group, name = f"{task['op']}{task['p']}-{run.split.name}", run.run_dir.name
+        tags = [task["op"], run.split.name]
+    return build_logger(lc.backend, run.run_dir, project=lc.project, entity=lc.entity,
+                        mode=lc.mode, config=config, group=group, name=f"{name}-analysis",
+                        tags=[*tags, "analysis", *lc.tags], job_type="analysis")
+
+
+def configure_logging() -> None:
+    """Warnings of the analyses as plain `warning: ...` lines on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    root = logging.getLogger("grok")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    root.propagate = False
+
+
+@hydra.main(version_base="1.3", config_path="pkg://grok.conf", config_name="analyze")
+def main(dcfg: DictConfig) -> None:
+    configure_logging()
+    try:
+        analyze(to_analyze_config(dcfg))
+    except GrokError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""`python -m grok.compare runs=[DIR,...] | sweep=DIR [labels=[...]] [baseline=LABEL]`.
+
+Overlays the runs' accuracy, final-layer rank and attention entropy (one colour per variant,
+seeds as mean with a std band, one t_grok line per run), tabulates t_grok, the delay factor
+against the baseline variant and the before/after values (printed, runs.csv, variants.csv,
+compare.json), and logs all of it as a W&B run of job type "compare".
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from grok import naming, plots
+from grok.analysis.comparison import (
+    RUN_COLUMNS,
+    RunEntry,
+    compare,
+    format_table,
+    load_report,
+    write_tables,
+)
+from grok.analysis.grokking import REPORT_FILE
+from grok.analysis.runner import run_analysis
+from grok.analysis.settings import AnalysisSettings
+from grok.analyze import configure_logging, recorded_config
+from grok.config import Config, ConfigError, LoggerConfig
+from grok.device import resolve_device
+from grok.errors import GrokError
+from grok.tracking import Logger, NullLogger, build_logger
+
+
+@dataclass
+class CompareConfig:
+    runs: list[str] = field(default_factory=list)
+    sweep: str | None = None
+    labels: list[str] = field(default_factory=list)
+    baseline: str | None = None
+    analyze_missing: bool = True
+    device: str = "auto"
+    xscale: str = "log"
+    progress: bool = True
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+ConfigStore.instance().store(name="compare_schema", node=CompareConfig)
+
+
+def to_compare_config(dcfg: DictConfig) -> CompareConfig:
+    obj = OmegaConf.to_object(dcfg)
+    assert isinstance(obj, CompareConfig)
+    obj.runs, obj.labels = list(obj.runs), [str(x) for x in obj.labels]
+    obj.logger.tags = list(obj.logger.tags)
+    if obj.xscale not in ("log", "linear"):
+        raise ConfigError(f"xscale={obj.xscale!r} is invalid: choose log or linear")
+    return obj
+
+
+def run_dirs(cfg: CompareConfig) -> list[Path]:
+    """The runs to compare: cfg.runs, then the job folders of cfg.sweep in job order."""
+    dirs = [Path(r) for r in cfg.runs]
+    if cfg.sweep is not None:
+        sweep = Path(cfg.sweep)
+        if not sweep.is_dir():
+            raise ConfigError(f"sweep={sweep} is not a directory")
+        jobs = [d for d in sweep.iterdir() if d.is_dir() and (d / "checkpoints").is_dir()]
+        if not jobs:
+            raise ConfigError(f"sweep={sweep} holds no run directories (job folders with "
+                              "checkpoints/)")
+        dirs += sorted(jobs, key=lambda d: (not d.name.isdigit(), int(d.name)
+                                            if d.name.isdigit() else 0, d.name))
+    if not dirs:
+        raise ConfigError("nothing to compare: give run directories (runs=[DIR1,DIR2]) or a "
+                          "sweep directory (sweep=DIR)")
+    for d in dirs:
+        if not d.is_dir():
+            raise ConfigError(f"run directory {d} not found")
+    return dirs
+
+
+def default_labels(configs: list[Config | None], dirs: list[Path]) -> list[str]:
+    """Each run's variant (task, split, model); its W&B group (variant + config hash) where two
+    configurations share a variant, so only seeds of one configuration are ever aggregated."""
+    variants = [naming.variant(c) if c else d.name for c, d in zip(configs, dirs)]
+    groups = [naming.group(c) if c else d.name for c, d in zip(configs, dirs)]
+    ambiguous = {v for v in variants
+                 if len({g for g, w in zip(groups, variants) if w == v}) > 1}
+    return [g if v in ambiguous else v for v, g in zip(variants, groups)]
+
+
+def default_baseline(labels: list[str], configs: list[Config | None]) -> str:
+    """The first variant trained on a random split, else the first variant."""
+    for label, c in zip(labels, configs):
+        if c is not None and c.split.name == "random":
+            return label
+    return labels[0]
+
+
+def load_entries(cfg: CompareConfig, dirs: list[Path], labels: list[str],
+                 configs: list[Config | None]) -> list[RunEntry]:
+    entries = []
+    for d, label, c in zip(dirs, labels, configs):
+        if not (d / REPORT_FILE).is_file() and cfg.analyze_missing:
+            print(f"analysing {d} (no {REPORT_FILE} yet)", flush=True)
+            run_analysis(d, "grokking", AnalysisSettings(), resolve_device(cfg.device),
+                         NullLogger(), progress=cfg.progress)
+        entries.append(RunEntry(d, label, c.seed if c else None, load_report(d)))
+    return entries
+
+
+def compare_runs(cfg: CompareConfig, out_dir: Path, logger: Logger | None = None) -> dict:
+    """Compare the runs of cfg, write tables and figures into out_dir, log, return the tables."""
+    dirs = run_dirs(cfg)
+    if cfg.labels and len(cfg.labels) != len(dirs):
+        raise ConfigError(f"labels has {len(cfg.labels)} entries for {len(dirs)} runs; give one "
+                          "label per run (in the order runs, then the sweep's jobs)")
+    configs = [recorded_config(d) for d in dirs]
+    labels = cfg.labels or default_labels(configs, dirs)
+    entries = load_entries(cfg, dirs, labels, configs)
+    result = compare(entries, cfg.baseline or default_baseline(labels, configs))
+    paths = write_tables(result, out_dir)
+    groups: dict[str, list[dict]] = {}
+    for e in entries:
+        groups.setdefault(e.label, []).append(e.report)
+    figures = plots.compare_figures(groups, out_dir, cfg.xscale)
+    print(format_table(result))
+    print(f"wrote {', '.join(str(p) for p in [*paths.values(), *figures.values()])}", flush=True)
+    logger = logger or open_logger(cfg, out_dir, list(groups), result["baseline"])
+    exit_code = 1
+    try:
+        log_comparison(result, figures, logger)
+        exit_code = 0
+    finally:
+        logger.close(exit_code)
+    return result
+
+
+def log_comparison(result: dict[str, Any], figures: dict[str, Path], logger: Logger) -> None:
+    logger.log_table("compare/runs", RUN_COLUMNS, [[r[c] for c in RUN_COLUMNS]
+                                                   for r in result["runs"]])
+    columns = list(result["variants"][0])
+    logger.log_table("compare/variants", columns, [[v[c] for c in columns]
+                                                   for v in result["variants"]])
+    for name, path in figures.items():
+        logger.log_figure(f"plots/{name}", path)
+    summary: dict[str, Any] = {"compare/baseline": result["baseline"]}
+    for v in result["variants"]:
+        for key in ("t_grok_mean", "t_grok_std", "delay_factor_mean", "delay_factor_std",
+                    "n_runs", "n_grokked"):
+            summary[f"compare/{v['label']}/{key}"] = v[key]
+    logger.summary(summary)
+
+
+def open_logger(cfg: CompareConfig, out_dir: Path, labels: list[str], baseline: str) -> Logger:
+    lc = cfg.logger
+    config = {"runs": [str(d) for d in run_dirs(cfg)], "labels": labels, "baseline": baseline,
+              "xscale": cfg.xscale}
+    return build_logger(lc.backend, out_dir, project=lc.project, entity=lc.entity, mode=lc.mode,
+                        config=config, group="compare", name="compare-" + "-vs-".join(labels),
+                        tags=["compare", *lc.tags], job_type="compare")
+
+
+@hydra.main(version_base="1.3", config_path="pkg://grok.conf", config_name="compare")
+def main(dcfg: DictConfig) -> None:
+    configure_logging()
+    try:
+        compare_runs(to_compare_config(dcfg), Path(HydraConfig.get().runtime.output_dir))
+    except GrokError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()
