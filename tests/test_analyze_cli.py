@@ -1,0 +1,67 @@
+"""`python -m grok.analyze`: post-hoc analysis of a CLI-trained run, and its error messages."""
+
+import json
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from grok.analyze import analyze, to_analyze_config
+from grok.config import ConfigError
+from tests.conftest import run_cli
+from tests.wandb_records import offline_runs, read_records, run_record
+
+
+def compose_analyze(*overrides: str):
+    with initialize_config_module(config_module="grok.conf", version_base="1.3"):
+        return compose(config_name="analyze", overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    run_dir = root / "run"
+    result = run_cli("task.p=7", "steps=40", "train.eval_every=10", "train.checkpoints=6",
+                     "model.d_model=32", "model.d_mlp=64", "logger=csv", "analysis=grokking",
+                     f"hydra.run.dir={run_dir}", cwd=root)
+    assert result.returncode == 0, result.stderr
+    assert "grokking: " in result.stdout and "post_analysis.json" in result.stdout
+    return run_dir
+
+
+def test_cli_post_hoc_analysis_with_forced_t_grok_logs_an_analysis_wandb_run(cli_run, tmp_path):
+    record = (cli_run / ".hydra" / "config.yaml").read_text()
+    result = run_cli(f"run_dir={cli_run}", "t_grok=20", "device=cpu", cwd=tmp_path,
+                     module="grok.analyze")
+    assert result.returncode == 0, result.stderr
+    assert "grokking: t_grok 20 (forced)" in result.stdout
+    report = json.loads((cli_run / "analysis" / "post_analysis.json").read_text())
+    assert report["t_grok"] == 20 and report["t_grok_method"] == "forced"
+    assert (cli_run / ".hydra" / "config.yaml").read_text() == record  # Hydra wrote nothing
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / ".hydra").exists()
+    [wb] = offline_runs(cli_run)
+    meta = run_record(read_records(wb))
+    assert meta["job_type"] == "analysis"
+    assert meta["run_group"].startswith("add7-random0.5-power_2l-")
+    assert meta["display_name"] == "add7-random0.5-power_2l-s0-analysis"
+
+    missing = run_cli(f"run_dir={tmp_path / 'nope'}", cwd=tmp_path, module="grok.analyze")
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip().splitlines() == [
+        f"error: run directory {tmp_path / 'nope'} not found; pass the folder of a training "
+        "run, e.g. run_dir=outputs/runs/<date>/<time>"]
+    assert not (tmp_path / "nope").exists()
+
+
+def test_config_errors(cli_run, capsys):
+    with pytest.raises(ConfigError, match="run_dir is required"):
+        to_analyze_config(compose_analyze())
+    with pytest.raises(ConfigError, match="t_grok=-1 is invalid"):
+        to_analyze_config(compose_analyze("run_dir=x", "t_grok=-1"))
+    with pytest.raises(ConfigError, match="analysis.window=1 is invalid"):
+        to_analyze_config(compose_analyze("run_dir=x", "analysis.window=1"))
+    cfg = to_analyze_config(compose_analyze(f"run_dir={cli_run}", "t_grok=999", "logger=none"))
+    assert cfg.analysis.name == "grokking"  # the default suite of grok.analyze
+    with pytest.raises(ConfigError, match="the run's last checkpoint is at step 40"):
+        analyze(cfg)
+    none = to_analyze_config(compose_analyze(f"run_dir={cli_run}", "analysis=none"))
+    assert analyze(none) == {} and "nothing to analyse" in capsys.readouterr().out

@@ -1,0 +1,133 @@
+"""Comparison of runs: tables against hand-computed values, and grok.compare on two tiny runs."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from grok.analysis.aggregate import band
+from grok.analysis.comparison import RunEntry, compare, format_table
+from grok.analysis.runner import AnalysisSettings, run_analysis
+from grok.compare import CompareConfig, compare_runs, default_baseline, default_labels
+from grok.main import run
+from grok.tracking import InMemoryLogger, NullLogger
+from tests.conftest import run_cli, tiny_config
+from tests.wandb_records import offline_runs, read_records, run_record
+
+
+def fake_report(t_grok, acc_before=0.1, acc_after=0.9):
+    points = None if t_grok is None else {
+        "ratio": 2.0,
+        "before": {"step": t_grok // 2, "test_accuracy": acc_before, "final_layer_rank": 20.0,
+                   "avg_entropy": 0.9},
+        "after": {"step": t_grok * 2, "test_accuracy": acc_after, "final_layer_rank": 10.0,
+                  "avg_entropy": 0.5}}
+    return {"t_grok": t_grok, "t_grok_method": "sharpest_rise", "step_test_acc_0.95": None,
+            "step_test_acc_0.99": None, "test_accuracy": [0.1, acc_after],
+            "before_after": points}
+
+
+def test_delay_factors_and_seed_aggregates_by_hand(tmp_path):
+    entries = [RunEntry(tmp_path / "a0", "base", 0, fake_report(100, acc_after=0.8)),
+               RunEntry(tmp_path / "a1", "base", 1, fake_report(200, acc_after=1.0)),
+               RunEntry(tmp_path / "b0", "struct", 0, fake_report(300)),
+               RunEntry(tmp_path / "b1", "struct", 1, fake_report(None))]
+    result = compare(entries, "base")
+    assert result["baseline_t_grok"] == 150
+    assert [r["delay_factor"] for r in result["runs"]] == pytest.approx([2 / 3, 4 / 3, 2.0, None])
+    base, struct = result["variants"]
+    assert (base["n_runs"], base["n_grokked"], struct["n_grokked"]) == (2, 2, 1)
+    assert base["t_grok_mean"] == 150 and base["t_grok_std"] == pytest.approx(np.std([100, 200],
+                                                                                      ddof=1))
+    assert base["test_accuracy_after_mean"] == pytest.approx(0.9)
+    assert struct["t_grok_mean"] == 300 and struct["delay_factor_mean"] == 2.0
+    assert struct["final_layer_rank_before_mean"] == 20.0
+    text = format_table(result)
+    assert "base" in text and "struct" in text and "baseline: base" in text
+    with pytest.raises(Exception, match="not one of the labels"):
+        compare(entries, "nope")
+
+
+def test_band_interpolates_seeds_onto_a_common_grid():
+    b = band([([0, 10, 20], [0.0, 1.0, 2.0]), ([0, 20], [2.0, 4.0])])
+    np.testing.assert_allclose(b["step"], [0, 10, 20])
+    np.testing.assert_allclose(b["mean"], [1.0, 2.0, 3.0])
+    np.testing.assert_allclose(b["std"], np.std([[0, 1, 2], [2, 3, 4]], axis=0, ddof=1))
+    short = band([([0, 10], [1.0, 1.0]), ([0, 10, 20], [3.0, 3.0, 3.0])])
+    np.testing.assert_allclose(short["mean"], [2.0, 2.0, 3.0])  # no extrapolation past 10
+    assert np.isnan(short["std"][2]) and list(short["count"]) == [2, 2, 1]
+
+
+def test_default_labels_keep_different_configurations_apart():
+    a, b = tiny_config(), tiny_config("seed=1")
+    c, d = tiny_config("split=structured"), tiny_config("optim.lr=0.01")
+    labels = default_labels([a, b, c], [None] * 3)
+    assert labels[0] == labels[1] == "add7-random0.5-power_2l"
+    assert labels[2] == "add7-structured-block0.5-power_2l"
+    assert default_baseline(labels, [a, b, c]) == labels[0]
+    assert default_baseline(labels[2:], [c]) == labels[2]  # no random split: the first
+    both = default_labels([a, d], [None] * 2)  # same variant, other lr: the W&B groups
+    assert both[0] != both[1] and both[0].startswith("add7-random0.5-power_2l-")
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    dirs = [root / "random", root / "structured"]
+    run(tiny_config(), dirs[0], logger=NullLogger())
+    run(tiny_config("split=structured", "seed=1"), dirs[1], logger=NullLogger())
+    return dirs
+
+
+def test_compare_two_tiny_runs(two_runs, tmp_path):
+    cpu = torch.device("cpu")
+    # force t_grok (tiny runs do not grok) so that the delay factor has a known value
+    run_analysis(two_runs[0], "grokking", AnalysisSettings(t_grok=20), cpu, NullLogger(), False)
+    run_analysis(two_runs[1], "grokking", AnalysisSettings(t_grok=40), cpu, NullLogger(), False)
+    logger = InMemoryLogger()
+    cfg = CompareConfig(runs=[str(d) for d in two_runs], labels=["baseline", "structured"],
+                        xscale="linear", progress=False)
+    result = compare_runs(cfg, tmp_path / "out", logger=logger)
+    assert [r["delay_factor"] for r in result["runs"]] == [1.0, 2.0]
+    rows = list(csv.DictReader((tmp_path / "out" / "runs.csv").open()))
+    assert [(r["label"], r["t_grok"], r["delay_factor"]) for r in rows] == [
+        ("baseline", "20", "1.0"), ("structured", "40", "2.0")]
+    saved = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert saved["baseline"] == "baseline" and len(saved["variants"]) == 2
+    for name in ("compare", "compare_accuracy", "compare_rank", "compare_entropy"):
+        assert (tmp_path / "out" / f"{name}.png").stat().st_size > 0
+    assert set(logger.tables) == {"compare/runs", "compare/variants"}
+    columns, table = logger.tables["compare/runs"]
+    assert table[1][columns.index("delay_factor")] == 2.0
+    assert logger.summary_values["compare/structured/delay_factor_mean"] == 2.0
+    assert {f for f, _, _ in logger.figures} >= {"plots/compare", "plots/compare_rank"}
+    assert logger.closed
+
+
+def test_compare_cli_analyses_missing_runs_and_logs_a_compare_wandb_run(two_runs, tmp_path):
+    runs = []
+    for d in two_runs:  # copies without any analysis: grok.compare must run it
+        copy = tmp_path / d.name
+        copy.mkdir()
+        for name in ("split.pt", "metrics.jsonl", "checkpoints"):
+            src = d / name
+            (copy / name).symlink_to(src, target_is_directory=src.is_dir())
+        runs.append(copy)
+    out = tmp_path / "out"
+    result = run_cli(f"runs=[{runs[0]},{runs[1]}]", "labels=[base,struct]", "device=cpu",
+                     f"hydra.run.dir={out}", cwd=tmp_path, module="grok.compare")
+    assert result.returncode == 0, result.stderr
+    assert "analysing" in result.stdout and "baseline: base" in result.stdout
+    assert (runs[1] / "analysis" / "post_analysis.json").is_file()
+    assert (out / "variants.csv").is_file() and (out / "compare.png").is_file()
+    [wb] = offline_runs(out)
+    meta = run_record(read_records(wb))
+    assert meta["job_type"] == "compare"
+
+    bad = run_cli("runs=[]", f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path,
+                  module="grok.compare")
+    assert bad.returncode == 1 and bad.stderr.startswith("error: nothing to compare")
+    assert "Traceback" not in bad.stderr
+
