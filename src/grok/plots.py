@@ -78,10 +78,10 @@ def _rank_panel(ax, report: dict) -> None:
     ranks = [r["rank"] for r in report["full_analyses"]]
     n_layers = len(ranks[0])
     for layer in range(n_layers - 1):
-        ax.plot(steps, [r[layer] for r in ranks], linewidth=1, alpha=0.7,
-                label=f"layer {layer + 1}")
-    ax.plot(steps, report["final_layer_rank"], color="tab:purple", linewidth=2,
-            label=f"layer {n_layers} (final)")
+        ax.plot(steps, [r[layer] for r in ranks], linewidth=1, alpha=0.7, marker=".",
+                markersize=3, label=f"layer {layer + 1}")
+    ax.plot(steps, report["final_layer_rank"], color="tab:purple", linewidth=2, marker=".",
+            markersize=4, label=f"layer {n_layers} (final)")
     ax.set(ylim=_rank_ylim(report), ylabel="effective rank at '='")
 
 
@@ -93,8 +93,9 @@ def _entropy_panel(ax, report: dict) -> None:
         rows = report["full_analyses"]
         for layer in range(len(rows[0]["layer_entropy"])):
             ax.plot(steps, [r["layer_entropy"][layer] for r in rows], linewidth=1, alpha=0.7,
-                    label=f"layer {layer + 1}")
-        ax.plot(steps, report["avg_entropy"], color="tab:green", linewidth=2, label="mean")
+                    marker=".", markersize=3, label=f"layer {layer + 1}")
+        ax.plot(steps, report["avg_entropy"], color="tab:green", linewidth=2, marker=".",
+                markersize=4, label="mean")
     ax.set(ylim=_entropy_ylim(report), ylabel="attention entropy at '=' (nats)")
 
 
