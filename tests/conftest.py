@@ -53,3 +53,26 @@ def run_cli(*args: str, cwd: Path, module: str = "grok.main", env: dict | None =
     full_env = {**os.environ, "CI": "true", "HYDRA_FULL_ERROR": "", **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory):
+    """Two tiny runs trained with analysis=grokking, {"random": (run_dir, logger), "structured":
+    ...}, each with the config record a CLI run keeps. Shared: copy one before changing it."""
+    import yaml
+
+    from grok.config import config_dict
+    from grok.main import run
+    from grok.tracking import InMemoryLogger
+
+    runs = {}
+    for name, overrides in (("random", ()), ("structured", ("split=structured", "seed=1"))):
+        cfg = tiny_config("analysis=grokking", "train.checkpoints=8", *overrides)
+        run_dir = tmp_path_factory.mktemp(name)
+        logger = InMemoryLogger()
+        run(cfg, run_dir, logger=logger)
+        record = run_dir / ".hydra" / "accepted" / "config.yaml"
+        record.parent.mkdir(parents=True)
+        record.write_text(yaml.safe_dump(config_dict(cfg)))
+        runs[name] = (run_dir, logger)
+    return runs

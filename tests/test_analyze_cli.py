@@ -1,6 +1,7 @@
 """`python -m grok.analyze`: post-hoc analysis of a CLI-trained run, and its error messages."""
 
 import json
+import shutil
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -8,7 +9,7 @@ from hydra import compose, initialize_config_module
 from grok.analyze import analyze, to_analyze_config
 from grok.config import ConfigError
 from tests.conftest import run_cli
-from tests.wandb_records import offline_runs, read_records, run_record
+from tests.wandb_records import history, offline_runs, read_records, run_record
 
 
 def compose_analyze(*overrides: str):
@@ -16,31 +17,36 @@ def compose_analyze(*overrides: str):
         return compose(config_name="analyze", overrides=list(overrides))
 
 
-@pytest.fixture(scope="module")
-def cli_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    run_dir = root / "run"
-    result = run_cli("task.p=7", "steps=40", "train.eval_every=10", "train.checkpoints=6",
-                     "model.d_model=32", "model.d_mlp=64", "logger=csv", "analysis=grokking",
-                     f"hydra.run.dir={run_dir}", cwd=root)
-    assert result.returncode == 0, result.stderr
-    assert "grokking: " in result.stdout and "post_analysis.json" in result.stdout
+@pytest.fixture
+def cli_run(tiny_runs, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_runs["random"][0], run_dir)
     return run_dir
 
 
 def test_cli_post_hoc_analysis_with_forced_t_grok_logs_an_analysis_wandb_run(cli_run, tmp_path):
-    record = (cli_run / ".hydra" / "config.yaml").read_text()
+    record = (cli_run / ".hydra" / "accepted" / "config.yaml").read_text()
     result = run_cli(f"run_dir={cli_run}", "t_grok=20", "device=cpu", cwd=tmp_path,
                      module="grok.analyze")
     assert result.returncode == 0, result.stderr
     assert "grokking: t_grok 20 (forced)" in result.stdout
     report = json.loads((cli_run / "analysis" / "post_analysis.json").read_text())
     assert report["t_grok"] == 20 and report["t_grok_method"] == "forced"
-    assert (cli_run / ".hydra" / "config.yaml").read_text() == record  # Hydra wrote nothing
+    assert (cli_run / ".hydra" / "accepted" / "config.yaml").read_text() == record
+    assert not (cli_run / ".hydra" / "config.yaml").exists()  # Hydra wrote nothing
     assert not (tmp_path / "outputs").exists() and not (tmp_path / ".hydra").exists()
     [wb] = offline_runs(cli_run)
-    meta = run_record(read_records(wb))
+    records = read_records(wb)
+    meta = run_record(records)
     assert meta["job_type"] == "analysis"
+    summary = {}
+    for r in records:
+        if r["type"] == "summary":
+            summary.update(r["summary"]["update"])
+    assert summary["analysis/t_grok"] == 20 and summary["analysis/t_grok_method"] == "forced"
+    logged = [h for h in history(records) if "rank/final" in h]
+    assert [h["step"] for h in logged] == report["checkpoint_steps"]
+    assert [h["rank/final"] for h in logged] == pytest.approx(report["final_layer_rank"])
     assert meta["run_group"].startswith("add7-random0.5-power_2l-")
     assert meta["display_name"] == "add7-random0.5-power_2l-s0-analysis"
 

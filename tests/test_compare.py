@@ -2,19 +2,27 @@
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_module
 
+from grok import compare as compare_module
 from grok.analysis.aggregate import band
 from grok.analysis.comparison import RunEntry, compare, format_table
 from grok.analysis.runner import AnalysisSettings, run_analysis
-from grok.compare import CompareConfig, compare_runs, default_baseline, default_labels
-from grok.main import run
+from grok.compare import (
+    CompareConfig,
+    compare_runs,
+    default_baseline,
+    default_labels,
+    to_compare_config,
+)
+from grok.config import ConfigError
 from grok.tracking import InMemoryLogger, NullLogger
-from tests.conftest import run_cli, tiny_config
-from tests.wandb_records import offline_runs, read_records, run_record
+from tests.conftest import tiny_config
 
 
 def fake_report(t_grok, acc_before=0.1, acc_after=0.9):
@@ -72,12 +80,13 @@ def test_default_labels_keep_different_configurations_apart():
     assert both[0] != both[1] and both[0].startswith("add7-random0.5-power_2l-")
 
 
-@pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("compare")
-    dirs = [root / "random", root / "structured"]
-    run(tiny_config(), dirs[0], logger=NullLogger())
-    run(tiny_config("split=structured", "seed=1"), dirs[1], logger=NullLogger())
+@pytest.fixture
+def two_runs(tiny_runs, tmp_path):
+    """Copies of the two tiny runs, without their analyses."""
+    dirs = []
+    for name, (run_dir, _) in tiny_runs.items():
+        shutil.copytree(run_dir, tmp_path / name, ignore=shutil.ignore_patterns("analysis"))
+        dirs.append(tmp_path / name)
     return dirs
 
 
@@ -106,28 +115,42 @@ def test_compare_two_tiny_runs(two_runs, tmp_path):
     assert logger.closed
 
 
-def test_compare_cli_analyses_missing_runs_and_logs_a_compare_wandb_run(two_runs, tmp_path):
-    runs = []
-    for d in two_runs:  # copies without any analysis: grok.compare must run it
-        copy = tmp_path / d.name
-        copy.mkdir()
-        for name in ("split.pt", "metrics.jsonl", "checkpoints"):
-            src = d / name
-            (copy / name).symlink_to(src, target_is_directory=src.is_dir())
-        runs.append(copy)
-    out = tmp_path / "out"
-    result = run_cli(f"runs=[{runs[0]},{runs[1]}]", "labels=[base,struct]", "device=cpu",
-                     f"hydra.run.dir={out}", cwd=tmp_path, module="grok.compare")
-    assert result.returncode == 0, result.stderr
-    assert "analysing" in result.stdout and "baseline: base" in result.stdout
-    assert (runs[1] / "analysis" / "post_analysis.json").is_file()
-    assert (out / "variants.csv").is_file() and (out / "compare.png").is_file()
-    [wb] = offline_runs(out)
-    meta = run_record(read_records(wb))
-    assert meta["job_type"] == "compare"
+def compose_compare(*overrides: str) -> CompareConfig:
+    with initialize_config_module(config_module="grok.conf", version_base="1.3"):
+        return to_compare_config(compose(config_name="compare", overrides=list(overrides)))
 
-    bad = run_cli("runs=[]", f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path,
-                  module="grok.compare")
-    assert bad.returncode == 1 and bad.stderr.startswith("error: nothing to compare")
-    assert "Traceback" not in bad.stderr
 
+def test_compare_a_sweep_analyses_missing_runs(two_runs, tmp_path, capsys):
+    cfg = compose_compare(f"sweep={two_runs[0].parent}", "logger=none", "device=cpu")
+    compare_runs(cfg, tmp_path / "out")
+    out = capsys.readouterr().out
+    assert out.count("analysing") == 2
+    # labels from the recorded configs; the random split is the default baseline
+    assert "baseline: add7-random0.5-power_2l" in out
+    assert "add7-structured-block0.5-power_2l" in out
+    assert (two_runs[1] / "analysis" / "post_analysis.json").is_file()
+    assert (tmp_path / "out" / "variants.csv").is_file()
+    assert (tmp_path / "out" / "compare.png").is_file()
+    listed = compose_compare(f"runs=[{two_runs[1]},{two_runs[0]}]", "labels=[a,b]")
+    assert listed.runs == [str(two_runs[1]), str(two_runs[0])] and listed.labels == ["a", "b"]
+    with pytest.raises(ConfigError, match="nothing to compare"):
+        compare_runs(compose_compare(), tmp_path / "none")
+    with pytest.raises(ConfigError, match="labels has 1 entries for 2 runs"):
+        compare_runs(compose_compare(f"sweep={two_runs[0].parent}", "labels=[x]"), tmp_path)
+    with pytest.raises(ConfigError, match="xscale='symlog' is invalid"):
+        compose_compare("xscale=symlog")
+
+
+def test_compare_opens_a_wandb_run_of_job_type_compare(tiny_runs, tmp_path, monkeypatch):
+    opened = {}
+
+    def fake_build_logger(backend, run_dir, **kwargs):
+        opened.update(backend=backend, run_dir=run_dir, **kwargs)
+        return InMemoryLogger()
+
+    monkeypatch.setattr(compare_module, "build_logger", fake_build_logger)
+    cfg = CompareConfig(runs=[str(d) for d, _ in tiny_runs.values()], progress=False)
+    compare_runs(cfg, tmp_path / "out")
+    assert opened["backend"] == "wandb" and opened["job_type"] == "compare"
+    assert opened["group"] == "compare" and opened["run_dir"] == tmp_path / "out"
+    assert opened["config"]["baseline"] == "add7-random0.5-power_2l"
