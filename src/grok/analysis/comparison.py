@@ -93,8 +93,10 @@ def compare(entries: list[RunEntry], baseline: str) -> dict[str, Any]:
                             + ", ".join(labels))
     base_t, _ = _mean_std([e.report["t_grok"] for e in entries if e.label == baseline])
     rows = [run_row(e, base_t) for e in entries]
-    return {"baseline": baseline, "baseline_t_grok": base_t, "runs": rows,
-            "variants": variant_rows(rows, labels)}
+    ratios = sorted({e.report["before_after"]["ratio"] for e in entries
+                     if e.report.get("before_after")})
+    return {"baseline": baseline, "baseline_t_grok": base_t, "before_after_ratios": ratios,
+            "runs": rows, "variants": variant_rows(rows, labels)}
 
 
 def write_tables(result: dict[str, Any], folder: Path) -> dict[str, Path]:
@@ -138,8 +140,9 @@ def format_table(result: dict[str, Any]) -> str:
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     text = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in lines]
     base = result["baseline_t_grok"]
+    ratio = "/".join(f"{r:g}" for r in result["before_after_ratios"]) or "r"
     text.append(f"baseline: {result['baseline']} (mean t_grok {_fmt(base)}); delay = t_grok / "
-                "baseline mean t_grok; before/after at the checkpoints nearest t_grok/2 and "
-                "2*t_grok")
+                f"baseline mean t_grok; before/after at the checkpoints nearest t_grok/{ratio} "
+                f"and {ratio}*t_grok")
     return "\n".join(text)
 
