@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_module
 
 from grok.analyze import analyze, to_analyze_config
 from grok.config import ConfigError
-from tests.conftest import run_cli
+from tests.conftest import compose_config, run_cli
 from tests.wandb_records import history, offline_runs, read_records, run_record
 
 
@@ -71,3 +71,20 @@ def test_config_errors(cli_run, capsys):
         analyze(cfg)
     none = to_analyze_config(compose_analyze(f"run_dir={cli_run}", "analysis=none"))
     assert analyze(none) == {} and "nothing to analyse" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("override,key", [
+    ("analysis.window=1", "analysis.window"),
+    ("analysis.threshold=0", "analysis.threshold"),
+    ("analysis.threshold=1.5", "analysis.threshold"),
+    ("analysis.before=-1", "analysis.before"),
+    ("analysis.before_after_ratio=0.5", "analysis.before_after_ratio"),
+    ("analysis.batch_size=0", "analysis.batch_size"),
+    ("analysis=bogus_suite", "analysis"),
+])
+def test_training_config_checks_the_analysis_keys(override, key):
+    from hydra.errors import HydraException
+
+    with pytest.raises((ConfigError, HydraException)) as err:
+        compose_config("analysis=grokking", override)
+    assert key in str(err.value)
