@@ -19,11 +19,11 @@ from grok.errors import GrokError
 
 SPLITS = ("random", "structured", "conflict")
 PATTERNS = ("block", "stripe")
-ARCHS = ("transformer",)
+ARCHS = ("transformer", "bilinear")
 ACTIVATIONS = ("relu", "gelu")
 CHECKPOINT_SPACINGS = ("log", "linear", "log+linear")
 LOGGERS = ("wandb", "csv", "none")
-ANALYSIS_SUITES = ("none",)
+ANALYSIS_SUITES = ("none", "trajectory", "full")
 
 
 class ConfigError(GrokError, ValueError):
@@ -47,7 +47,7 @@ class SplitConfig:
 @dataclass
 class ModelConfig:
     name: str = "power_2l"
-    arch: str = "transformer"
+    arch: str = "transformer"  # bilinear reads only d_model (embedding) and d_mlp (hidden units)
     n_layers: int = 2
     d_model: int = 128
     n_heads: int = 4
@@ -79,6 +79,9 @@ class TrainConfig:
 @dataclass
 class AnalysisConfig:
     name: str = "none"
+    # trajectory: checkpoints per block of the similarity matrices (two blocks are in memory at
+    # once); None picks the largest block that keeps them under about 1 GB
+    block_size: int | None = None
 
 
 @dataclass
@@ -155,6 +158,8 @@ def check(cfg: Config) -> Config:
         _positive(f"model.{key}", getattr(m, key))
     if m.d_model % m.n_heads:
         _fail("model.d_model", m.d_model, f"must be divisible by model.n_heads={m.n_heads}")
+    if m.arch == "bilinear" and m.n_layers != 1:
+        _fail("model.n_layers", m.n_layers, "the bilinear model has exactly one layer")
 
     _one_of("optim.name", o.name, ("adamw",))
     if not o.lr > 0:
@@ -175,6 +180,8 @@ def check(cfg: Config) -> Config:
     _one_of("train.checkpoint_spacing", tr.checkpoint_spacing, CHECKPOINT_SPACINGS)
 
     _one_of("analysis.name", cfg.analysis.name, ANALYSIS_SUITES)
+    if cfg.analysis.block_size is not None:
+        _positive("analysis.block_size", cfg.analysis.block_size)
     _one_of("logger.backend", cfg.logger.backend, LOGGERS)
     if cfg.logger.mode is not None:
         _one_of("logger.mode", cfg.logger.mode, ("online", "offline", "disabled"))
