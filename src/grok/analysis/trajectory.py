@@ -115,12 +115,16 @@ def auto_block_size(bytes_per_checkpoint: int, n: int) -> int:
 
 
 def similarity_matrices(store: FeatureStore, stats: dict[str, np.ndarray], n: int,
-                        n_inputs: int, block: int, device: torch.device,
-                        progress: bool) -> dict[str, np.ndarray]:
-    """The N x N matrices, filled block by block from the stored features."""
+                        n_inputs: int, block: int, device: torch.device, progress: bool,
+                        timing: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+    """The N x N matrices, filled block by block from the stored features. `timing`, if given,
+    receives the seconds spent loading blocks ("load") and the checkpoints loaded ("loaded")."""
     has_tensor = "tensor" in store.shapes
+    timing = {} if timing is None else timing
+    timing.update(load=0.0, loaded=0)
 
     def load(i: int, j: int) -> dict[str, torch.Tensor]:
+        clock = time.perf_counter()
         logits = store.read("logits", i, j).to(device)
         probs = torch.empty_like(logits)
         for k in range(len(logits)):  # the same call, on the same rows, as extract_features
@@ -128,6 +132,8 @@ def similarity_matrices(store: FeatureStore, stats: dict[str, np.ndarray], n: in
         out = {"logits": logits, "probs": probs, "reps": store.read("reps", i, j).to(device)}
         if has_tensor:
             out["tensor"] = store.read("tensor", i, j).to(device)
+        timing["load"] += time.perf_counter() - clock
+        timing["loaded"] += j - i
         return out
 
     def kernel(a: dict, b: dict, same: bool) -> dict[str, torch.Tensor]:
@@ -254,8 +260,9 @@ def run_trajectory_suite(run_dir: Path, task: Task, split: Split,
         forward_s = time.perf_counter() - clock
         loaded = store.bytes_per_item() + 4 * math.prod(store.shapes["logits"])  # + probs
         block = block_size or auto_block_size(loaded, n)
+        loads: dict[str, float] = {}
         matrices = similarity_matrices(store, stats, n, len(probe.tokens), block, device,
-                                       progress)
+                                       progress, loads)
     finally:
         store.close()
     matrices_s = time.perf_counter() - clock - forward_s
@@ -272,7 +279,9 @@ def run_trajectory_suite(run_dir: Path, task: Task, split: Split,
         logger.log_figure(f"trajectory/{name}", path)
     summary["block_size"] = block
     summary["timing_s"] = {"forward": forward_s, "matrices": matrices_s,
+                           "block_loads": loads["load"],
                            "plots": time.perf_counter() - clock - forward_s - matrices_s}
+    summary["checkpoints_loaded_from_store"] = loads["loaded"]
     _write_json(summary, out_dir / "summary.json")
     logger.summary(_json_safe(summary_scalars(summary)))
     return summary
