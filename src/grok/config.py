@@ -19,11 +19,11 @@ from grok.errors import GrokError
 
 SPLITS = ("random", "structured", "conflict")
 PATTERNS = ("block", "stripe")
-ARCHS = ("transformer",)
+ARCHS = ("transformer", "bilinear")
 ACTIVATIONS = ("relu", "gelu")
 CHECKPOINT_SPACINGS = ("log", "linear", "log+linear")
 LOGGERS = ("wandb", "csv", "none")
-ANALYSIS_SUITES = ("none", "grokking")
+ANALYSIS_SUITES = ("none", "grokking", "trajectory", "full")
 
 
 class ConfigError(GrokError, ValueError):
@@ -47,7 +47,7 @@ class SplitConfig:
 @dataclass
 class ModelConfig:
     name: str = "power_2l"
-    arch: str = "transformer"
+    arch: str = "transformer"  # bilinear reads only d_model (embedding) and d_mlp (hidden units)
     n_layers: int = 2
     d_model: int = 128
     n_heads: int = 4
@@ -86,6 +86,9 @@ class AnalysisConfig:
     after: int = 3
     before_after_ratio: float = 2.0  # "before"/"after" values at t_grok / r and t_grok * r
     batch_size: int = 16384  # probe inputs per forward batch
+    # trajectory: checkpoints per block of the similarity matrices (two blocks are in memory at
+    # once); None picks the largest block that keeps them under about 1 GB
+    block_size: int | None = None
 
 
 @dataclass
@@ -162,6 +165,8 @@ def check(cfg: Config) -> Config:
         _positive(f"model.{key}", getattr(m, key))
     if m.d_model % m.n_heads:
         _fail("model.d_model", m.d_model, f"must be divisible by model.n_heads={m.n_heads}")
+    if m.arch == "bilinear" and m.n_layers != 1:
+        _fail("model.n_layers", m.n_layers, "the bilinear model has exactly one layer")
 
     _one_of("optim.name", o.name, ("adamw",))
     if not o.lr > 0:
@@ -205,6 +210,8 @@ def check_analysis(a: AnalysisConfig) -> AnalysisConfig:
     if not a.before_after_ratio >= 1.0:
         _fail("analysis.before_after_ratio", a.before_after_ratio, "must be >= 1")
     _positive("analysis.batch_size", a.batch_size)
+    if a.block_size is not None:
+        _positive("analysis.block_size", a.block_size)
     return a
 
 

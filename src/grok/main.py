@@ -84,6 +84,9 @@ def prepare_split(cfg: Config, task: Task, run_dir: Path) -> Split:
 def model_config(cfg: Config, task: Task) -> dict:
     """The model's plain config: the chosen architecture with sizes derived from the task."""
     m = cfg.model
+    if m.arch == "bilinear":
+        return {"arch": "bilinear", "d_vocab": task.vocab_size, "n_classes": task.n_classes,
+                "d_embed": m.d_model, "d_hidden": m.d_mlp}
     return {"arch": m.arch, "d_vocab": task.vocab_size, "n_classes": task.n_classes, "n_ctx": 3,
             "n_layers": m.n_layers, "d_model": m.d_model, "n_heads": m.n_heads,
             "d_mlp": m.d_mlp, "act": m.act, "layer_norm": m.layer_norm}

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only; no display on cluster nodes or CI
 import matplotlib.pyplot as plt  # noqa: E402
@@ -198,3 +199,182 @@ def compare_figures(groups: dict[str, list[dict]], folder: Path,
     axes[-1].set(xlabel="step")
     paths["compare"] = _save(fig, folder / "compare.png")
     return paths
+
+
+# ------------------------------------------------------------------ trajectory (analysis suite)
+_TRAJ_LABELS = {"tn_similarity": "TN similarity (logit cosine)",
+                "act_similarity": "activation similarity (linear CKA)",
+                "js_divergence": "JS divergence (nats)",
+                "tn_exact_similarity": "exact tensor similarity (weights)"}
+_TRAJ_COLOURS = {"tn_similarity": "tab:blue", "act_similarity": "tab:green",
+                 "js_divergence": "tab:red", "tn_exact_similarity": "tab:purple"}
+
+
+def _grok_note(t_grok: int | None) -> str:
+    return f"t_grok = {t_grok}, dashed" if t_grok is not None else "t_grok: not detected"
+
+
+def _mark_step(ax, t_grok: int | None, label: bool = True) -> None:
+    if t_grok is not None and t_grok > 0:
+        ax.axvline(t_grok, color="black", ls="--", lw=1, label="t_grok" if label else None)
+
+
+def _step_axis(ax, steps) -> None:
+    """Log x-axis when every plotted step is positive (checkpoint steps are log-spaced)."""
+    if len(steps) and min(steps) > 0:
+        ax.set_xscale("log")
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+
+
+def trajectory_heatmaps(matrices: dict, steps: list[int], path: Path,
+                        t_grok: int | None = None) -> Path:
+    """One N x N heatmap per matrix, ticks labelled with steps, t_grok marked on both axes."""
+    n = len(steps)
+    fig, axes = plt.subplots(1, len(matrices), figsize=(5.2 * len(matrices), 4.6), squeeze=False)
+    ticks = np.unique(np.linspace(0, n - 1, min(n, 8)).round().astype(int))
+    pos = float(np.interp(t_grok, steps, np.arange(n))) if t_grok is not None else None
+    for ax, (name, m) in zip(axes[0], matrices.items()):
+        divergence = name == "js_divergence"
+        im = ax.imshow(m, cmap="magma" if divergence else "viridis", origin="upper",
+                       interpolation="nearest", vmin=0.0 if divergence else None)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_xticks(ticks, [str(steps[i]) for i in ticks], rotation=60, fontsize=7)
+        ax.set_yticks(ticks, [str(steps[i]) for i in ticks], fontsize=7)
+        ax.set(title=_TRAJ_LABELS.get(name, name), xlabel="checkpoint step",
+               ylabel="checkpoint step")
+        if pos is not None:
+            ax.axvline(pos, color="white", ls="--", lw=1)
+            ax.axhline(pos, color="white", ls="--", lw=1)
+    fig.suptitle(f"checkpoint-by-checkpoint matrices ({n} checkpoints; {_grok_note(t_grok)})")
+    return _save(fig, path)
+
+
+def trajectory_consecutive(summary: dict, path: Path) -> Path:
+    """Top: each metric between consecutive checkpoints; bottom: the rate of change
+    (1 - similarity, or the divergence itself), log scale."""
+    steps = summary["checkpoint_steps"][1:]
+    metrics = summary["metrics"]
+    fig, axes = plt.subplots(2, len(metrics), figsize=(4.6 * len(metrics), 6.4), squeeze=False)
+    for col, (name, m) in enumerate(metrics.items()):
+        top, bottom = axes[0][col], axes[1][col]
+        colour = _TRAJ_COLOURS.get(name)
+        top.plot(steps, m["consecutive"], "o-", ms=2.5, color=colour)
+        top.set(title=_TRAJ_LABELS.get(name, name), ylabel="consecutive checkpoints")
+        change = [max(v, 1e-12) if v is not None else float("nan") for v in m["rate_of_change"]]
+        bottom.plot(steps, change, "o-", ms=2.5, color=colour)
+        bottom.set(yscale="log", ylabel="rate of change" + (
+            "" if m["kind"] == "divergence" else " (1 - similarity)"))
+        for ax in (top, bottom):
+            _step_axis(ax, steps)
+            _mark_step(ax, summary["t_grok"])
+    if summary["t_grok"]:
+        axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"change between consecutive checkpoints ({_grok_note(summary['t_grok'])})")
+    return _save(fig, path)
+
+
+def trajectory_to_final(summary: dict, history: dict, path: Path) -> Path:
+    """Left: every metric against the final checkpoint vs step (similarities left axis, JS
+    right axis). Then one panel per metric with validation accuracy on a second axis."""
+    steps = summary["checkpoint_steps"]
+    metrics = summary["metrics"]
+    acc_steps = [int(s) for s in history]
+    acc = [r["val_acc"] for r in history.values()]
+    fig, axes = plt.subplots(1, 1 + len(metrics), figsize=(4.6 * (1 + len(metrics)), 4.2))
+    overlay = axes[0]
+    js_ax = None
+    for name, m in metrics.items():
+        ax = overlay
+        if m["kind"] == "divergence":
+            js_ax = js_ax or overlay.twinx()
+            ax = js_ax
+            ax.set_ylabel("divergence to final")
+        ax.plot(steps, m["to_final"], "o-", ms=2.5, color=_TRAJ_COLOURS.get(name),
+                label=_TRAJ_LABELS.get(name, name))
+    overlay.set(title="to the final checkpoint", ylabel="similarity to final")
+    handles = overlay.get_legend_handles_labels()
+    if js_ax is not None:
+        extra = js_ax.get_legend_handles_labels()
+        handles = (handles[0] + extra[0], handles[1] + extra[1])
+    overlay.legend(*handles, fontsize=7, loc="center left")
+    for ax, (name, m) in zip(axes[1:], metrics.items()):
+        ax.plot(steps, m["to_final"], "o-", ms=2.5, color=_TRAJ_COLOURS.get(name))
+        ax.set(title=_TRAJ_LABELS.get(name, name), ylabel="to final")
+        acc_ax = ax.twinx()
+        acc_ax.plot(acc_steps, acc, color="0.4", lw=1)
+        acc_ax.set(ylim=(-0.02, 1.02), ylabel="validation accuracy")
+    for ax in axes:
+        shown = [s for s in steps if s > 0]
+        _step_axis(ax, shown)
+        _mark_step(ax, summary["t_grok"], label=False)
+    fig.suptitle(f"similarity to the final checkpoint ({_grok_note(summary['t_grok'])})")
+    return _save(fig, path)
+
+
+def trajectory_scatter(matrices: dict, correlations: dict, path: Path) -> Path:
+    """Every pair of metrics over the checkpoint pairs (upper triangle), with Pearson r."""
+    names = list(matrices)
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    n = len(next(iter(matrices.values())))
+    upper = np.triu_indices(n, 1)
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.4 * len(pairs), 4.0), squeeze=False)
+    for ax, (a, b) in zip(axes[0], pairs):
+        ax.scatter(matrices[a][upper], matrices[b][upper], s=4, alpha=0.4)
+        r = correlations.get(f"{a}~{b}")
+        ax.set(xlabel=_TRAJ_LABELS.get(a, a), ylabel=_TRAJ_LABELS.get(b, b),
+               title=f"r = {r:.3f}" if r is not None else "r: undefined")
+        ax.grid(alpha=0.3)
+    fig.suptitle("metric against metric over all checkpoint pairs")
+    return _save(fig, path)
+
+
+def trajectory_training(history: dict, path: Path, t_grok: int | None = None,
+                        phases: dict | None = None) -> Path:
+    """Loss (log scale) and accuracy against step, with the 95% accuracy line and the phase
+    boundaries (memorisation end, generalisation start) as dotted lines."""
+    steps = [int(s) for s in history]
+    rows = list(history.values())
+    keep = [i for i, s in enumerate(steps) if s > 0]
+    steps = [steps[i] for i in keep]
+    rows = [rows[i] for i in keep]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label, colour in (("train", "train", "tab:blue"), ("val", "validation", "tab:red")):
+        ax_loss.plot(steps, [r[f"{key}_loss"] for r in rows], color=colour, label=label)
+        if f"{key}_acc" in rows[0]:
+            ax_acc.plot(steps, [r[f"{key}_acc"] for r in rows], color=colour, label=label)
+    ax_acc.axhline(0.95, color="0.3", ls=":", lw=1, label="95%")
+    ax_loss.set(yscale="log", ylabel="cross-entropy loss")
+    ax_acc.set(ylim=(-0.02, 1.02), ylabel="accuracy")
+    phase_style = {"memorisation_end": ("tab:orange", "memorisation ends"),
+                   "generalisation_start": ("tab:green", "generalisation starts")}
+    for ax in (ax_loss, ax_acc):
+        _step_axis(ax, steps)
+        _mark_step(ax, t_grok)
+        for key, step in (phases or {}).items():
+            if step:
+                colour, label = phase_style[key]
+                ax.axvline(step, color=colour, ls=":", lw=1.2, label=f"{label} ({step})")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"training curves ({_grok_note(t_grok)})")
+    return _save(fig, path)
+
+
+def trajectory_figures(matrices: dict, summary: dict, history: dict, plot_dir: Path) -> dict:
+    """All trajectory figures into plot_dir; returns {name: path}."""
+    plot_dir = Path(plot_dir)
+    t_grok, steps = summary["t_grok"], summary["checkpoint_steps"]
+    figures = {
+        "heatmaps": trajectory_heatmaps(matrices, steps, plot_dir / "trajectory_heatmaps.png",
+                                        t_grok),
+        "to_final": trajectory_to_final(summary, history, plot_dir / "trajectory_to_final.png"),
+    }
+    if history:
+        figures["training"] = trajectory_training(history, plot_dir / "trajectory_training.png",
+                                                  t_grok, summary["phases"])
+    if len(steps) > 1:
+        figures["consecutive"] = trajectory_consecutive(
+            summary, plot_dir / "trajectory_consecutive.png")
+        figures["scatter"] = trajectory_scatter(matrices, summary["correlations"],
+                                                plot_dir / "trajectory_scatter.png")
+    return figures

@@ -2,12 +2,8 @@
 
 A suite is a sequence of named steps. Each step gets the loaded run, the settings and, as the
 keyword t_grok, the forced value or the t_grok an earlier step of the suite returned, and
-returns a dict that the runner hands back under the step's name. A suite that chains another
-analysis after the grokking one is therefore one more entry in SUITES, e.g.
-
-    SUITES["trajectory"] = (("trajectory", lambda run, _s, **kw: run_trajectory_suite(
-        *run.as_args(), **kw)),)
-    SUITES["full"] = SUITES["grokking"] + SUITES["trajectory"]
+returns a dict that the runner hands back under the step's name. `full` is the grokking step
+followed by the trajectory step, which then marks the t_grok that the grokking step found.
 
 Training runs call run_analysis at the end (grok.main); `python -m grok.analyze` calls it on a
 finished run. The runner never trains and never recomputes the split: split.pt is loaded with its
@@ -28,6 +24,8 @@ import yaml
 from grok.analysis.grokking import grokking_suite
 from grok.analysis.grokking import summary_line as grokking_line
 from grok.analysis.settings import AnalysisError, AnalysisSettings
+from grok.analysis.tgrok import detect_t_grok
+from grok.analysis.trajectory import run_trajectory_suite
 from grok.data.splits import Split, SplitError, load_split
 from grok.data.tasks import Task, build_task
 from grok.tracking.base import Logger
@@ -58,10 +56,24 @@ class LoadedRun:
 # (run, settings, *, t_grok, device, logger, progress) -> results of the step
 SuiteStep = Callable[..., dict[str, Any]]
 
+def trajectory_step(run: LoadedRun, settings: AnalysisSettings, *, t_grok: int | None,
+                    **kwargs: Any) -> dict[str, Any]:
+    """The trajectory suite on a loaded run. Run alone, it marks t_grok detected from the run's
+    metrics with the grokking suite's settings (or the forced one)."""
+    if t_grok is None and run.metrics:
+        t_grok = detect_t_grok([r["step"] for r in run.metrics],
+                               [r["test/acc"] for r in run.metrics], settings.window,
+                               settings.threshold).t_grok
+    return run_trajectory_suite(*run.as_args(), t_grok=t_grok, block_size=settings.block_size,
+                                **kwargs)
+
+
 SUITES: dict[str, tuple[tuple[str, SuiteStep], ...]] = {
     "none": (),
     "grokking": (("grokking", grokking_suite),),
+    "trajectory": (("trajectory", trajectory_step),),
 }
+SUITES["full"] = SUITES["grokking"] + SUITES["trajectory"]
 
 # One printed line per step that has one: (results, run_dir) -> str
 SUMMARY_LINES: dict[str, Callable[[dict, Path], str]] = {"grokking": grokking_line}
@@ -171,4 +183,5 @@ def settings_from_config(analysis_cfg: Any, t_grok: int | None = None) -> Analys
                             t_grok=t_grok, before=analysis_cfg.before, near=analysis_cfg.near,
                             after=analysis_cfg.after,
                             before_after_ratio=analysis_cfg.before_after_ratio,
-                            batch_size=analysis_cfg.batch_size)
+                            batch_size=analysis_cfg.batch_size,
+                            block_size=analysis_cfg.block_size)

@@ -6,9 +6,11 @@ from typing import Any
 
 from torch import nn
 
+from grok.model.bilinear import Bilinear, BilinearConfig
 from grok.model.transformer import ModelOutput, Transformer, TransformerConfig
 
-__all__ = ["ModelOutput", "Transformer", "TransformerConfig", "build_model"]
+__all__ = ["Bilinear", "BilinearConfig", "ModelOutput", "Transformer", "TransformerConfig",
+           "build_model"]
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:
@@ -16,4 +18,6 @@ def build_model(config: dict[str, Any]) -> nn.Module:
     params = {k: v for k, v in config.items() if k != "arch"}
     if config["arch"] == "transformer":
         return Transformer(TransformerConfig(**params))
+    if config["arch"] == "bilinear":
+        return Bilinear(BilinearConfig(**params))
     raise ValueError(f"unknown model arch {config['arch']!r}")

@@ -1,0 +1,299 @@
+"""Analysis suite `trajectory`: how the learned function changes from checkpoint to checkpoint.
+
+Three N x N matrices over a run's checkpoints (definitions in grok.analysis.similarity):
+tn_similarity (cosine of class-centred logit tensors over all inputs), act_similarity (linear
+CKA of the final-layer representation at `=`) and js_divergence (mean Jensen-Shannon divergence
+of the softmax outputs); for bilinear models also tn_exact_similarity, the weight-only cosine of
+the symmetrised interaction tensors.
+
+How it scales: one forward pass per checkpoint writes that checkpoint's features (centred
+logits, centred representations and, for bilinear models, its tensor features) to float32 files
+in a temporary folder; the matrices are then filled block by block (grok.analysis.similarity.
+blockwise_matrices), with at most two blocks of checkpoints in memory. Nothing holds N logit
+tensors at once, and no forward pass is repeated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from grok import plots
+from grok.analysis import similarity as sim
+from grok.analysis.base import Probe, forward_pass, load_model
+from grok.data.splits import Split
+from grok.data.tasks import Task
+from grok.errors import GrokError
+from grok.tracking import Logger
+
+OUT_DIR = Path("analysis") / "trajectory"
+MATRICES = ("tn_similarity", "act_similarity", "js_divergence")
+EXACT = "tn_exact_similarity"  # bilinear models only
+DIVERGENCES = frozenset({"js_divergence"})
+BLOCK_MEMORY = 1 << 30  # bytes for the two blocks of features held while filling the matrices
+MEMORISATION_ACC, GENERALISATION_ACC = 0.2, 0.9  # phase thresholds on test accuracy
+
+
+class TrajectoryError(GrokError):
+    """The run directory cannot be analysed (e.g. it has no checkpoints)."""
+
+
+class FeatureStore:
+    """Per-checkpoint float32 arrays appended to one raw file per feature, read back a block of
+    checkpoints at a time. Files go to a temporary folder (under $TMPDIR) removed on close."""
+
+    def __init__(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="grok-trajectory-")
+        self.folder = Path(self._tmp.name)
+        self.shapes: dict[str, tuple[int, ...]] = {}
+
+    def append(self, name: str, array: torch.Tensor) -> None:
+        a = array.detach().to("cpu", torch.float32).contiguous().numpy()
+        if self.shapes.setdefault(name, a.shape) != a.shape:
+            raise ValueError(f"feature {name!r} changed shape from {self.shapes[name]} to "
+                             f"{a.shape}; are all checkpoints from the same run?")
+        with open(self.folder / f"{name}.f32", "ab") as f:
+            a.tofile(f)
+
+    def read(self, name: str, start: int, stop: int) -> torch.Tensor:
+        shape = self.shapes[name]
+        size = math.prod(shape)
+        a = np.fromfile(self.folder / f"{name}.f32", dtype=np.float32,
+                        count=(stop - start) * size, offset=start * size * 4)
+        return torch.from_numpy(a).view(stop - start, *shape)
+
+    def bytes_per_item(self) -> int:
+        return sum(4 * math.prod(s) for s in self.shapes.values())
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+
+def _progress_enabled(wanted: bool) -> bool:
+    return wanted and not os.environ.get("CI") and sys.stderr.isatty()
+
+
+def extract_features(checkpoints: list[tuple[int, Path]], probe: Probe, store: FeatureStore,
+                     device: torch.device, progress: bool) -> dict[str, np.ndarray]:
+    """One forward pass per checkpoint; features go to `store`. Returns per-checkpoint
+    statistics the JS divergence needs (sum p log p and total mass, float64)."""
+    neg_entropy, mass = [], []
+    bar = tqdm(checkpoints, desc="trajectory: checkpoints", unit="ckpt",
+               disable=not _progress_enabled(progress))
+    for step, path in bar:
+        saved_step, model = load_model(path, device)
+        if saved_step != step:
+            raise TrajectoryError(f"{path} holds step {saved_step}, not {step}")
+        fp = forward_pass(model, probe, step)
+        logits = sim.centre_classes(fp.logits).float()
+        h, m = sim.neg_entropy_and_mass(sim.probabilities(logits))
+        neg_entropy.append(h)
+        mass.append(m)
+        store.append("logits", logits)
+        store.append("reps", sim.centre_inputs(fp.residuals[-1].float()).T)  # (d, n)
+        if hasattr(model, "interaction_factors"):
+            store.append("tensor", sim.interaction_features(model.interaction_factors()))
+        elif "tensor" in store.shapes:
+            raise TrajectoryError(f"{path} is not a bilinear model but earlier checkpoints are")
+        del fp, model
+    return {"neg_entropy": np.array(neg_entropy), "mass": np.array(mass)}
+
+
+def auto_block_size(bytes_per_checkpoint: int, n: int) -> int:
+    """The largest block whose two loaded copies (features plus probabilities) fit in
+    BLOCK_MEMORY."""
+    return max(1, min(n, BLOCK_MEMORY // (2 * bytes_per_checkpoint)))
+
+
+def similarity_matrices(store: FeatureStore, stats: dict[str, np.ndarray], n: int,
+                        n_inputs: int, block: int, device: torch.device, progress: bool,
+                        timing: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+    """The N x N matrices, filled block by block from the stored features. `timing`, if given,
+    receives the seconds spent loading blocks ("load") and the checkpoints loaded ("loaded")."""
+    has_tensor = "tensor" in store.shapes
+    timing = {} if timing is None else timing
+    timing.update(load=0.0, loaded=0)
+
+    def load(i: int, j: int) -> dict[str, torch.Tensor]:
+        clock = time.perf_counter()
+        logits = store.read("logits", i, j).to(device)
+        probs = torch.empty_like(logits)
+        for k in range(len(logits)):  # the same call, on the same rows, as extract_features
+            probs[k] = sim.probabilities(logits[k])
+        out = {"logits": logits, "probs": probs, "reps": store.read("reps", i, j).to(device)}
+        if has_tensor:
+            out["tensor"] = store.read("tensor", i, j).to(device)
+        timing["load"] += time.perf_counter() - clock
+        timing["loaded"] += j - i
+        return out
+
+    def kernel(a: dict, b: dict, same: bool) -> dict[str, torch.Tensor]:
+        out = {"tn": sim.gram_block(a["logits"], b["logits"]),
+               "hsic": sim.hsic_block(a["reps"], b["reps"], upper=same),
+               "xlogx": sim.xlogx_sum_block(a["probs"], b["probs"], upper=same)}
+        if has_tensor:
+            out["tensor"] = sim.gram_block(a["tensor"], b["tensor"])
+        return out
+
+    with tqdm(total=sim.n_block_pairs(n, block), desc="trajectory: similarity blocks",
+              disable=not _progress_enabled(progress)) as bar:
+        raw = sim.blockwise_matrices(n, block, load, kernel, on_block=bar.update)
+    matrices = {
+        "tn_similarity": sim.cosine_from_gram(raw["tn"]),
+        "act_similarity": sim.cosine_from_gram(raw["hsic"]),
+        "js_divergence": sim.js_from_sums(raw["xlogx"], stats["neg_entropy"], stats["mass"],
+                                          n_inputs),
+    }
+    if has_tensor:
+        matrices[EXACT] = sim.cosine_from_gram(raw["tensor"])
+    return matrices
+
+
+# ------------------------------------------------------------------------------ summary
+def training_history(metrics: list[dict]) -> dict[str, dict[str, float]]:
+    """step -> train/validation loss and accuracy, from the rows of metrics.jsonl."""
+    keys = {"train_loss": "train/loss", "train_acc": "train/acc", "val_loss": "test/loss",
+            "val_acc": "test/acc"}
+    rows = sorted((r for r in metrics if "test/acc" in r), key=lambda r: r["step"])
+    return {str(r["step"]): {k: r[src] for k, src in keys.items() if src in r} for r in rows}
+
+
+def phases(history: dict[str, dict[str, float]]) -> dict[str, int | None]:
+    """Memorisation ends at the first step with test accuracy > 0.2; generalisation starts at
+    the first step with test accuracy > 0.9 (None when never reached)."""
+    def first_above(threshold: float) -> int | None:
+        return next((int(s) for s, r in history.items() if r["val_acc"] > threshold), None)
+
+    return {"memorisation_end": first_above(MEMORISATION_ACC),
+            "generalisation_start": first_above(GENERALISATION_ACC)}
+
+
+def _mean(values: np.ndarray) -> float | None:
+    return float(np.mean(values)) if len(values) else None
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
+    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def summarize(matrices: dict[str, np.ndarray], steps: list[int],
+              history: dict[str, dict[str, float]], t_grok: int | None) -> dict:
+    """Everything summary.json holds, from the matrices, the steps and the training history."""
+    n = len(steps)
+    upper = np.triu_indices(n, 1)
+    phase = phases(history)
+    gen = phase["generalisation_start"]
+    step_arr = np.array(steps)
+    metrics = {}
+    for name, m in matrices.items():
+        consecutive = np.diag(m, 1)
+        to_final = m[:, -1]
+        metrics[name] = {
+            "kind": "divergence" if name in DIVERGENCES else "similarity",
+            "consecutive": consecutive.tolist(),  # M[k, k+1], at checkpoint_steps[k + 1]
+            "rate_of_change": (consecutive if name in DIVERGENCES
+                               else 1.0 - consecutive).tolist(),
+            "to_final": to_final.tolist(),
+            "mean": _mean(m[upper]),
+            "std": float(np.std(m[upper])) if n > 1 else None,
+            "to_final_before_generalisation": None if gen is None
+            else _mean(to_final[step_arr < gen]),
+            "to_final_after_generalisation": None if gen is None
+            else _mean(to_final[step_arr >= gen]),
+        }
+    names = list(matrices)
+    correlations = {f"{a}~{b}": _pearson(matrices[a][upper], matrices[b][upper])
+                    for i, a in enumerate(names) for b in names[i + 1:]}
+    return {"n_checkpoints": n, "checkpoint_steps": list(steps), "t_grok": t_grok,
+            "phases": phase, "metrics": metrics, "correlations": correlations}
+
+
+def _json_safe(obj):
+    """NaN and infinity become null (JSON has neither)."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _write_json(obj, path: Path) -> None:
+    path.write_text(json.dumps(_json_safe(obj), indent=1, allow_nan=False) + "\n")
+
+
+# --------------------------------------------------------------------------- the suite
+def run_trajectory_suite(run_dir: Path, task: Task, split: Split,
+                         checkpoints: list[tuple[int, Path]], metrics: list[dict], *,
+                         device: torch.device, t_grok: int | None, logger: Logger,
+                         progress: bool = True, block_size: int | None = None) -> dict:
+    """Compute the trajectory matrices over `checkpoints` ((step, path), in step order), write
+    analysis/trajectory/*.npy, training_history.json, summary.json and plots/trajectory_*.png
+    into run_dir, log the figures and a few summary scalars, and return the summary."""
+    run_dir = Path(run_dir)
+    checkpoints = sorted(checkpoints)
+    if not checkpoints:
+        raise TrajectoryError(f"{run_dir} has no checkpoints to analyse; train with "
+                              "train.checkpoints > 0")
+    out_dir = run_dir / OUT_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    steps = [s for s, _ in checkpoints]
+    probe = Probe.full(task, split, device)
+    n = len(checkpoints)
+
+    clock = time.perf_counter()
+    store = FeatureStore()
+    try:
+        stats = extract_features(checkpoints, probe, store, device, progress)
+        forward_s = time.perf_counter() - clock
+        loaded = store.bytes_per_item() + 4 * math.prod(store.shapes["logits"])  # + probs
+        block = block_size or auto_block_size(loaded, n)
+        loads: dict[str, float] = {}
+        matrices = similarity_matrices(store, stats, n, len(probe.tokens), block, device,
+                                       progress, loads)
+    finally:
+        store.close()
+    matrices_s = time.perf_counter() - clock - forward_s
+
+    for name, m in matrices.items():
+        np.save(out_dir / f"{name}.npy", m)
+    np.save(out_dir / "checkpoint_steps.npy", np.array(steps, dtype=np.int64))
+    history = training_history(metrics)
+    _write_json(history, out_dir / "training_history.json")
+    summary = summarize(matrices, steps, history, t_grok)
+
+    figures = plots.trajectory_figures(matrices, summary, history, run_dir / "plots")
+    for name, path in figures.items():
+        logger.log_figure(f"trajectory/{name}", path)
+    summary["block_size"] = block
+    summary["timing_s"] = {"forward": forward_s, "matrices": matrices_s,
+                           "block_loads": loads["load"],
+                           "plots": time.perf_counter() - clock - forward_s - matrices_s}
+    summary["checkpoints_loaded_from_store"] = loads["loaded"]
+    _write_json(summary, out_dir / "summary.json")
+    logger.summary(_json_safe(summary_scalars(summary)))
+    return summary
+
+
+def summary_scalars(summary: dict) -> dict[str, float | int | None]:
+    """The few numbers worth a W&B summary column."""
+    out: dict[str, float | int | None] = {"trajectory/n_checkpoints": summary["n_checkpoints"]}
+    for name, m in summary["metrics"].items():
+        out[f"trajectory/{name}_mean"] = m["mean"]
+        out[f"trajectory/{name}_to_final_before_gen"] = m["to_final_before_generalisation"]
+        out[f"trajectory/{name}_to_final_after_gen"] = m["to_final_after_generalisation"]
+    for pair, r in summary["correlations"].items():
+        out[f"trajectory/corr_{pair.replace('~', '_vs_')}"] = r
+    return out

@@ -1,0 +1,219 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from grok.analysis import similarity as sim
+from grok.analysis import trajectory as traj
+from grok.analysis.base import Probe
+from grok.data.splits import load_split
+from grok.data.tasks import build_task
+from grok.main import run
+from grok.model import build_model
+from grok.tracking import InMemoryLogger
+from grok.train.checkpoint import list_checkpoints
+from tests.conftest import tiny_config
+
+CPU = torch.device("cpu")
+
+
+def train_tiny(root, *overrides):
+    run(tiny_config(*overrides), root, logger=InMemoryLogger())
+    task = build_task("add", 7)
+    metrics = [json.loads(line) for line in (root / "metrics.jsonl").read_text().splitlines()]
+    return task, load_split(root / "split.pt", task), list_checkpoints(root), metrics
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("traj")
+    return root, *train_tiny(root, "steps=60", "train.checkpoints=10")
+
+
+def independent_outputs(path, tokens):
+    """Logits and final-layer representation of one checkpoint, in numpy float64, without the
+    analysis code (torch.load + build_model + forward)."""
+    data = torch.load(path, weights_only=True)
+    model = build_model(data["model_config"])
+    model.load_state_dict(data["model_state"])
+    with torch.no_grad():
+        out = model(tokens, return_cache=True)
+    return out.logits.double().numpy(), out.residuals[-1].double().numpy()
+
+
+def numpy_tn(a, b):
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def numpy_cka(x, y):
+    x, y = x - x.mean(axis=0), y - y.mean(axis=0)
+    return float(np.sum((x.T @ y) ** 2) / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
+
+
+def numpy_js(a, b):
+    def softmax(z):
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    def entropy(p):
+        return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0), axis=1)
+
+    p, q = softmax(a), softmax(b)
+    return float(np.mean(entropy((p + q) / 2) - (entropy(p) + entropy(q)) / 2))
+
+
+def test_suite_writes_its_outputs_and_entries_match_an_independent_computation(tiny_run):
+    root, task, split, checkpoints, metrics = tiny_run
+    logger = InMemoryLogger()
+    summary = traj.run_trajectory_suite(root, task, split, checkpoints, metrics, device=CPU,
+                                   t_grok=20, logger=logger, progress=False)
+    out = root / "analysis" / "trajectory"
+    steps = np.load(out / "checkpoint_steps.npy")
+    assert steps.tolist() == [s for s, _ in checkpoints] == summary["checkpoint_steps"]
+    n = len(steps)
+    assert n >= 6
+    mats = {name: np.load(out / f"{name}.npy") for name in traj.MATRICES}
+    tokens = task.tokens()
+    outputs = {i: independent_outputs(checkpoints[i][1], tokens) for i in (0, 2, 3, n - 1)}
+    for i, j in ((0, n - 1), (2, 3), (3, n - 1)):
+        (la, ra), (lb, rb) = outputs[i], outputs[j]
+        assert mats["tn_similarity"][i, j] == pytest.approx(numpy_tn(la, lb), abs=1e-5)
+        assert mats["act_similarity"][i, j] == pytest.approx(numpy_cka(ra, rb), abs=1e-5)
+        assert mats["js_divergence"][i, j] == pytest.approx(numpy_js(la, lb), abs=1e-6)
+    for name, m in mats.items():
+        assert m.shape == (n, n)
+        np.testing.assert_array_equal(m, m.T)
+        np.testing.assert_allclose(np.diag(m), 0.0 if name == "js_divergence" else 1.0,
+                                   atol=1e-6)
+    assert ((mats["js_divergence"] >= 0) & (mats["js_divergence"] <= math.log(2))).all()
+
+    saved = json.loads((out / "summary.json").read_text())
+    tn = saved["metrics"]["tn_similarity"]
+    np.testing.assert_allclose(tn["consecutive"], np.diag(mats["tn_similarity"], 1))
+    np.testing.assert_allclose(tn["rate_of_change"], 1 - np.diag(mats["tn_similarity"], 1))
+    np.testing.assert_allclose(saved["metrics"]["js_divergence"]["rate_of_change"],
+                               np.diag(mats["js_divergence"], 1))
+    np.testing.assert_allclose(tn["to_final"], mats["tn_similarity"][:, -1])
+    upper = mats["act_similarity"][np.triu_indices(n, 1)]
+    assert saved["metrics"]["act_similarity"]["mean"] == pytest.approx(upper.mean())
+    assert saved["metrics"]["act_similarity"]["std"] == pytest.approx(upper.std())
+    assert set(saved["correlations"]) == {"tn_similarity~act_similarity",
+                                          "tn_similarity~js_divergence",
+                                          "act_similarity~js_divergence"}
+    assert saved["t_grok"] == 20
+
+    history = json.loads((out / "training_history.json").read_text())
+    last = metrics[-1]
+    assert history[str(last["step"])] == {"train_loss": last["train/loss"],
+                                         "train_acc": last["train/acc"],
+                                         "val_loss": last["test/loss"],
+                                         "val_acc": last["test/acc"]}
+    names = {name for name, _, _ in logger.figures}
+    assert names == {f"trajectory/{k}" for k in ("heatmaps", "to_final", "training",
+                                                 "consecutive", "scatter")}
+    for _, path, _ in logger.figures:
+        assert path.is_file() and path.parent == root / "plots" and path.stat().st_size > 10_000
+    assert logger.summary_values["trajectory/n_checkpoints"] == n
+    assert logger.summary_values["trajectory/tn_similarity_mean"] == pytest.approx(tn["mean"])
+
+
+def test_block_size_does_not_change_the_matrices(tiny_run):
+    root, task, split, checkpoints, metrics = tiny_run
+    store = traj.FeatureStore()
+    try:
+        probe = Probe.full(task, split)
+        stats = traj.extract_features(checkpoints, probe, store, CPU, progress=False)
+        n = len(checkpoints)
+        results = {block: traj.similarity_matrices(store, stats, n, len(probe.tokens), block,
+                                                   CPU, progress=False)
+                   for block in (1, 2, 3, n)}
+    finally:
+        store.close()
+    assert not store.folder.exists()  # the temporary features are removed
+    out = root / "analysis" / "trajectory"
+    saved = {name: np.load(out / f"{name}.npy") for name in traj.MATRICES}
+    for block in (1, 2, 3, n):
+        for name in traj.MATRICES:
+            np.testing.assert_allclose(results[block][name], results[n][name], atol=1e-6)
+    if saved["tn_similarity"].shape == (n, n):  # written by the other test in this module
+        for name in traj.MATRICES:
+            np.testing.assert_allclose(saved[name], results[n][name], atol=1e-6)
+
+
+def test_summary_phases_and_before_after_generalisation_by_hand():
+    steps = [0, 10, 20, 30]
+    m = np.array([[1.0, 0.9, 0.5, 0.2],
+                  [0.9, 1.0, 0.6, 0.4],
+                  [0.5, 0.6, 1.0, 0.8],
+                  [0.2, 0.4, 0.8, 1.0]])
+    js = np.array([[0.0, 0.1, 0.3, 0.6],
+                   [0.1, 0.0, 0.2, 0.4],
+                   [0.3, 0.2, 0.0, 0.1],
+                   [0.6, 0.4, 0.1, 0.0]])
+    rows = [{"step": s, "train/loss": 1.0, "train/acc": 1.0, "test/loss": 2.0, "test/acc": a}
+            for s, a in zip([0, 5, 10, 15, 20, 25, 30], [0.0, 0.1, 0.25, 0.5, 0.95, 0.99, 1.0])]
+    history = traj.training_history(rows)
+    s = traj.summarize({"tn_similarity": m, "js_divergence": js}, steps, history, t_grok=15)
+    assert s["phases"] == {"memorisation_end": 10, "generalisation_start": 20}
+    tn = s["metrics"]["tn_similarity"]
+    assert tn["consecutive"] == [0.9, 0.6, 0.8]
+    assert tn["rate_of_change"] == pytest.approx([0.1, 0.4, 0.2])
+    assert tn["to_final"] == [0.2, 0.4, 0.8, 1.0]
+    assert tn["to_final_before_generalisation"] == pytest.approx(0.3)  # steps 0, 10
+    assert tn["to_final_after_generalisation"] == pytest.approx(0.9)  # steps 20, 30
+    upper = [0.9, 0.5, 0.2, 0.6, 0.4, 0.8]
+    assert tn["mean"] == pytest.approx(np.mean(upper))
+    assert tn["std"] == pytest.approx(np.std(upper))
+    assert s["metrics"]["js_divergence"]["rate_of_change"] == [0.1, 0.2, 0.1]
+    r = s["correlations"]["tn_similarity~js_divergence"]
+    assert r == pytest.approx(np.corrcoef(upper, [0.1, 0.3, 0.6, 0.2, 0.4, 0.1])[0, 1])
+    never = traj.summarize({"tn_similarity": m}, steps, traj.training_history(rows[:2]), None)
+    assert never["phases"] == {"memorisation_end": None, "generalisation_start": None}
+    assert never["metrics"]["tn_similarity"]["to_final_after_generalisation"] is None
+
+
+def test_bilinear_run_also_gets_the_exact_weight_tensor_similarity(tmp_path):
+    task, split, checkpoints, metrics = train_tiny(tmp_path, "model=bilinear", "model.n_layers=1")
+    summary = traj.run_trajectory_suite(tmp_path, task, split, checkpoints, metrics, device=CPU,
+                                   t_grok=None, logger=InMemoryLogger(), progress=False,
+                                   block_size=2)
+    exact = np.load(tmp_path / "analysis" / "trajectory" / "tn_exact_similarity.npy")
+    assert "tn_exact_similarity" in summary["metrics"]
+
+    def factors(path):
+        data = torch.load(path, weights_only=True)
+        model = build_model(data["model_config"])
+        model.load_state_dict(data["model_state"])
+        return model.interaction_factors()
+
+    n = len(checkpoints)
+    f = {i: factors(checkpoints[i][1]) for i in (0, 1, n - 1)}
+    for i, j in ((0, n - 1), (1, n - 1), (0, 1)):
+        assert exact[i, j] == pytest.approx(sim.interaction_similarity(f[i], f[j]), abs=1e-6)
+    np.testing.assert_allclose(np.diag(exact), 1.0, atol=1e-6)
+    # the CKA of a bilinear model is taken on its hidden layer
+    assert np.isfinite(np.load(tmp_path / "analysis" / "trajectory" / "act_similarity.npy")).all()
+
+
+def test_no_checkpoints_is_a_clear_error(tmp_path):
+    task = build_task("add", 7)
+    with pytest.raises(traj.TrajectoryError, match="train.checkpoints > 0"):
+        traj.run_trajectory_suite(tmp_path, task, None, [], [], device=CPU, t_grok=None,
+                             logger=InMemoryLogger())
+
+
+def test_a_single_checkpoint_gives_one_by_one_matrices_and_empty_curves(tiny_run, tmp_path):
+    _, task, split, checkpoints, metrics = tiny_run
+    summary = traj.run_trajectory_suite(tmp_path, task, split, checkpoints[-1:], metrics,
+                                        device=CPU, t_grok=None, logger=InMemoryLogger(),
+                                        progress=False)
+    tn = np.load(tmp_path / "analysis" / "trajectory" / "tn_similarity.npy")
+    assert tn.shape == (1, 1) and tn[0, 0] == pytest.approx(1.0)
+    assert summary["metrics"]["js_divergence"]["consecutive"] == []
+    assert summary["metrics"]["js_divergence"]["mean"] is None
+    assert all(r is None for r in summary["correlations"].values())
+    assert (tmp_path / "plots" / "trajectory_heatmaps.png").is_file()
