@@ -51,15 +51,17 @@ def run(cfg: Config, run_dir: Path, logger: Logger | None = None,
     resume = ckpt.load_resume_state(run_dir, map_location=device)
     if resume is not None:  # before anything is written or logged for a mismatching command
         check_identity(resume.get("identity", {}), settings.identity, run_dir)
-    split = prepare_split(cfg, task, run_dir)
     torch.manual_seed(cfg.seed)  # the model's initial weights are the only global-RNG draw
     model = build_model(model_config(cfg, task)).to(device)
     report_disk(run_dir, model, task, settings.checkpoint_steps)
-    logger = logger or open_logger(cfg, run_dir, split, run_id=(resume or {}).get("wandb_run_id"))
+    split = prepare_split(cfg, task, run_dir)
+    logger = logger or open_logger(cfg, run_dir, split, resume or {})
     exit_code = 1
     try:
         trainer = Trainer(model, task, split, settings, logger, run_dir, device)
         trainer.extra_state["wandb_run_id"] = logger.run_id
+        if hasattr(logger, "history_step"):  # W&B: where a resumed fragment's rows continue
+            trainer.extra_state["wandb_step"] = lambda: logger.history_step
         if stop is not None:
             trainer.should_stop = stop
         rows = trainer.fit(resume)
@@ -115,7 +117,8 @@ def model_config(cfg: Config, task: Task) -> dict:
             "d_mlp": m.d_mlp, "act": m.act, "layer_norm": m.layer_norm}
 
 
-def open_logger(cfg: Config, run_dir: Path, split: Split, run_id: str | None) -> Logger:
+def open_logger(cfg: Config, run_dir: Path, split: Split, resume: dict) -> Logger:
+    """The configured logger; on resume it reopens the saved W&B run where it left off."""
     lc = cfg.logger
     config = {**config_dict(cfg), "derived": {"mirror_leak": split.mirror_leak,
                                               "n_train": len(split.train_idx),
@@ -123,7 +126,7 @@ def open_logger(cfg: Config, run_dir: Path, split: Split, run_id: str | None) ->
     return build_logger(lc.backend, run_dir, project=lc.project, entity=lc.entity, mode=lc.mode,
                         config=config, group=naming.group(cfg), name=naming.run_name(cfg),
                         tags=[cfg.task.op, cfg.split.name, cfg.model.name, *lc.tags],
-                        run_id=run_id)
+                        run_id=resume.get("wandb_run_id"), start_step=resume.get("wandb_step"))
 
 
 def _hydra_record(run_dir: Path, keep: bool) -> None:

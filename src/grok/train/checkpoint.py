@@ -194,8 +194,8 @@ def _read_verified(path: Path, map_location: str | torch.device) -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, garbage, empty file, ...
-        raise ValueError(f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
-                         ) from None
+        first_line = (str(exc).splitlines() or ["empty file"])[0][:120]
+        raise ValueError(f"unreadable ({type(exc).__name__}: {first_line})") from None
     if not isinstance(state, dict) or "step" not in state:
         raise ValueError("not a resume state")
     saved = state.pop(_CHECKSUM_KEY, None)

@@ -117,11 +117,13 @@ class Trainer:
         self.eval_at = eval_steps(settings.steps, settings.eval_every, settings.checkpoint_steps)
         self.checkpoint_at = set(settings.checkpoint_steps)
         self.metrics_path = self.run_dir / METRICS_FILE
-        self.extra_state: dict[str, Any] = {}  # e.g. the W&B run id, stored in last.pt
+        # Stored in last.pt, e.g. the W&B run id; a callable value is called at each save.
+        self.extra_state: dict[str, Any] = {}
         # Checked at every step boundary; when it returns True, fit() saves the resume state and
         # raises TrainingStopped (set by the entry point, e.g. to a signal flag).
         self.should_stop: Callable[[], bool] = lambda: False
         self.step = 0
+        self._saved_step = -1  # step of the last resume state written by this process
         self._elapsed_before = 0.0
         self._clock = time.perf_counter()
 
@@ -156,6 +158,7 @@ class Trainer:
         os.replace(tmp, self.metrics_path)
 
     def save_resume_state(self) -> None:
+        self._saved_step = self.step
         ckpt.save_resume_state(self.run_dir, {
             "step": self.step,
             "model": self.model.state_dict(),
@@ -164,7 +167,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "elapsed_s": self.elapsed,
             "identity": self.s.identity,
-            **self.extra_state,
+            **{k: v() if callable(v) else v for k, v in self.extra_state.items()},
         })
 
     # ---------------------------------------------------------------------------- evaluate
@@ -254,7 +257,8 @@ class Trainer:
         finally:
             bar.close()
         if self.step < self.s.steps:
-            self.save_resume_state()
+            if self._saved_step != self.step:  # keep previous.pt one save behind last.pt
+                self.save_resume_state()
             if self.should_stop():
                 raise TrainingStopped(self.step)
         return read_metrics(self.metrics_path)
