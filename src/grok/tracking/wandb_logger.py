@@ -56,7 +56,10 @@ class WandbLogger:
 
     def _log(self, row: dict[str, Any]) -> None:
         step, self._start_step = self._start_step, None
-        self._run.log(row, step=step)
+        if step is None:
+            self._run.log(row)
+        else:  # with an explicit step W&B would hold the row open for more keys: commit it
+            self._run.log(row, step=step, commit=True)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self._log({**metrics, "step": step})
