@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -37,6 +38,10 @@ from grok.train.trainer import (
 )
 
 register_configs()
+# conf/hydra/launcher/ holds our defaults for the launcher plugins under the plugins' own option
+# names; Hydra 1.3 validates such a file against the plugin's schema of the same name and warns
+# that this matching is deprecated. The files hold every schema key, so they work either way.
+warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema")
 
 
 def run(cfg: Config, run_dir: Path, logger: Logger | None = None,
