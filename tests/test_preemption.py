@@ -68,6 +68,7 @@ def test_hand_over_runs_the_previous_python_handler_only():
         with GracefulStop() as stop:
             os.kill(os.getpid(), signal.SIGUSR2)
         assert stop.requested and seen == []  # ours caught it, the old one did not run
+        assert stop.hands_over
         stop.hand_over()  # e.g. submitit's checkpoint-and-requeue handler
         assert seen == [signal.SIGUSR2]
     finally:
@@ -75,6 +76,7 @@ def test_hand_over_runs_the_previous_python_handler_only():
 
     with GracefulStop() as stop:
         os.kill(os.getpid(), signal.SIGINT)
+    assert not stop.hands_over
     stop.hand_over()  # Python's default SIGINT handler would raise KeyboardInterrupt: not run
     assert stop.signal_name == "SIGINT"
 

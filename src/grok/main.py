@@ -9,7 +9,6 @@ from __future__ import annotations
 import shlex
 import shutil
 import sys
-import warnings
 from pathlib import Path
 
 import hydra
@@ -38,10 +37,6 @@ from grok.train.trainer import (
 )
 
 register_configs()
-# conf/hydra/launcher/ holds our defaults for the launcher plugins under the plugins' own option
-# names; Hydra 1.3 validates such a file against the plugin's schema of the same name and warns
-# that this matching is deprecated. The files hold every schema key, so they work either way.
-warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema")
 
 
 def run(cfg: Config, run_dir: Path, logger: Logger | None = None,
@@ -127,7 +122,8 @@ def open_logger(cfg: Config, run_dir: Path, split: Split, resume: dict) -> Logge
     lc = cfg.logger
     config = {**config_dict(cfg), "derived": {"mirror_leak": split.mirror_leak,
                                               "n_train": len(split.train_idx),
-                                              "n_test": len(split.test_idx)}}
+                                              "n_test": len(split.test_idx),
+                                              "torch_threads": torch.get_num_threads()}}
     return build_logger(lc.backend, run_dir, project=lc.project, entity=lc.entity, mode=lc.mode,
                         config=config, group=naming.group(cfg), name=naming.run_name(cfg),
                         tags=[cfg.task.op, cfg.split.name, cfg.model.name, *lc.tags],
@@ -166,8 +162,10 @@ def main(dcfg: DictConfig) -> None:
         _hydra_record(run_dir, keep=True)
     except TrainingStopped as exc:
         _hydra_record(run_dir, keep=True)
+        then = ("the launcher takes over (submitit requeues the job, which resumes here)"
+                if stop.hands_over else f"To continue: {_continue_hint(run_dir)}")
         print(f"stopped by {stop.signal_name} after step {exc.step}; the resume state is saved. "
-              f"To continue: {_continue_hint(run_dir)}", file=sys.stderr, flush=True)
+              f"{then}", file=sys.stderr, flush=True)
         stop.hand_over()  # under submitit: requeue the job (this exits)
         raise SystemExit(128 + (stop.signum or 0)) from None
     except GrokError as exc:

@@ -71,10 +71,21 @@ class GracefulStop:
                   "this step, then stopping (Ctrl-C again to stop at once)", file=sys.stderr,
                   flush=True)
 
+    def _previous_handler(self) -> Any:
+        handler = self.previous.get(self.signum) if self.signum is not None else None
+        if callable(handler) and handler is not signal.default_int_handler:
+            return handler
+        return None
+
+    @property
+    def hands_over(self) -> bool:
+        """Whether hand_over() will run someone else's handler (e.g. submitit's requeue)."""
+        return self._previous_handler() is not None
+
     def hand_over(self) -> None:
         """Run the handler the received signal had before ours, if it was a Python function
         (submitit's requeue handler, which exits the process). Python's own SIGINT handler
         (KeyboardInterrupt) and the default and ignore actions are not run: the caller exits."""
-        handler = self.previous.get(self.signum) if self.signum is not None else None
-        if callable(handler) and handler is not signal.default_int_handler:
+        handler = self._previous_handler()
+        if handler is not None:
             handler(self.signum, None)
