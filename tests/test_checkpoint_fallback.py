@@ -140,3 +140,13 @@ def test_a_run_that_cannot_fit_on_disk_is_refused_before_writing(tmp_path, monke
     with pytest.raises(ckpt.InsufficientDisk, match="lower train.checkpoints"):
         run(tiny_config(), tmp_path / "run", logger=NullLogger())
     assert not (tmp_path / "run" / "split.pt").exists()
+
+
+def test_resuming_with_another_thread_count_warns(tmp_path, caplog):
+    run(tiny_config(), tmp_path, logger=NullLogger())
+    state = ckpt.load_resume_state(tmp_path)
+    assert state["torch_threads"] == torch.get_num_threads()
+    ckpt.save_resume_state(tmp_path, {**state, "torch_threads": torch.get_num_threads() + 1})
+    with caplog.at_level(logging.WARNING, logger="grok.main"):
+        run(tiny_config(), tmp_path, logger=NullLogger())  # a finished run: only the summary
+    assert "not bit-identical" in caplog.text

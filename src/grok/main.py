@@ -6,6 +6,7 @@ logger, trainer and analyses. main() is the Hydra glue around it.
 
 from __future__ import annotations
 
+import logging
 import shlex
 import shutil
 import sys
@@ -51,6 +52,7 @@ def run(cfg: Config, run_dir: Path, logger: Logger | None = None,
     resume = ckpt.load_resume_state(run_dir, map_location=device)
     if resume is not None:  # before anything is written or logged for a mismatching command
         check_identity(resume.get("identity", {}), settings.identity, run_dir)
+        warn_if_threads_differ(resume.get("torch_threads"))
     torch.manual_seed(cfg.seed)  # the model's initial weights are the only global-RNG draw
     model = build_model(model_config(cfg, task)).to(device)
     report_disk(run_dir, model, task, settings.checkpoint_steps)
@@ -60,6 +62,7 @@ def run(cfg: Config, run_dir: Path, logger: Logger | None = None,
     try:
         trainer = Trainer(model, task, split, settings, logger, run_dir, device)
         trainer.extra_state["wandb_run_id"] = logger.run_id
+        trainer.extra_state["torch_threads"] = torch.get_num_threads()
         if hasattr(logger, "history_step"):  # W&B: where a resumed fragment's rows continue
             trainer.extra_state["wandb_step"] = lambda: logger.history_step
         if stop is not None:
@@ -78,6 +81,15 @@ def run(cfg: Config, run_dir: Path, logger: Logger | None = None,
         raise
     finally:
         logger.close(exit_code)
+
+
+def warn_if_threads_differ(saved: int | None) -> None:
+    """CPU float sums depend on the thread count: say so when a resume changes it."""
+    if saved is not None and saved != torch.get_num_threads():
+        logging.getLogger(__name__).warning(
+            "this run was saved with %d torch threads and resumes with %d: the continuation is "
+            "valid but not bit-identical to an uninterrupted run (set OMP_NUM_THREADS=%d to keep "
+            "it exact)", saved, torch.get_num_threads(), saved)
 
 
 def report_disk(run_dir: Path, model: torch.nn.Module, task: Task, steps: list[int]) -> None:
