@@ -127,6 +127,7 @@ def test_preset_sweep_end_to_end_comes_back_complete_after_an_interruption(tmp_p
     out = faults.finish(faults.start(*command, cwd=tmp_path), timeout=900)
     assert out.count("done: train acc") == 9
     jobs = sorted(d.name for d in sweep.iterdir() if d.is_dir())
+    # named after what is trained: the cadence overrides (train.*) stay out of the names
     assert jobs == sorted(f"seed={s},split={p},task.p=11" for s in range(3)
                           for p in ("conflict", "random", "structured"))
     groups = {}
