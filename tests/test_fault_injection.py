@@ -71,8 +71,10 @@ def merged_history(run_dir):
 
 
 def test_sigterm_and_ctrl_c_stop_cleanly_and_resume_into_the_same_wandb_run(tmp_path, reference):
-    run_dir = tmp_path / "run"
-    command = (*TRAIN, "logger=wandb", f"hydra.run.dir={run_dir}")
+    """With a preset, rerunning the very same command continues the run: its directory depends
+    only on the preset and the seed."""
+    run_dir = tmp_path / "outputs" / "v1_baseline" / "s0"
+    command = ("experiment=v1_baseline", *TRAIN, "logger=wandb")
     stops = []
     for sig, to_group, exit_code in ((signal.SIGTERM, False, 143), (signal.SIGINT, True, 130)):
         target = max(faults.metrics_steps(run_dir), default=0) + 12
@@ -87,7 +89,7 @@ def test_sigterm_and_ctrl_c_stop_cleanly_and_resume_into_the_same_wandb_run(tmp_
         out = faults.output(proc)
         assert proc.returncode == exit_code, out
         assert f"stopped by {sig.name} after step" in out and "Traceback" not in out
-        assert "To continue: python -m grok.main task.p=17" in out
+        assert "To continue: python -m grok.main experiment=v1_baseline task.p=17" in out
         step = int(out.split("after step ")[1].split(";")[0])
         # Saved at the step where it stopped, not at the last resume_every multiple.
         assert ckpt.load_resume_state(run_dir)["step"] == step >= target
