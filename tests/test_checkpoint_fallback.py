@@ -150,3 +150,12 @@ def test_resuming_with_another_thread_count_warns(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="grok.main"):
         run(tiny_config(), tmp_path, logger=NullLogger())  # a finished run: only the summary
     assert "not bit-identical" in caplog.text
+
+
+def test_a_run_directory_is_locked_while_training(tmp_path):
+    with ckpt.lock_run_dir(tmp_path):
+        with pytest.raises(ckpt.RunDirBusy, match=f"pid {os.getpid()}"):
+            with ckpt.lock_run_dir(tmp_path):
+                pass
+    with ckpt.lock_run_dir(tmp_path):  # released on exit
+        pass

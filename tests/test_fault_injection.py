@@ -133,3 +133,18 @@ def test_kill_9_at_random_moments_many_times(tmp_path, reference):
     assert sum(code == -signal.SIGKILL for _, code, _ in outcomes) >= 5, outcomes
     faults.assert_same_training(run_dir, reference)
     print(json.dumps(outcomes))
+
+
+def test_the_same_command_started_twice_is_refused_while_the_first_trains(tmp_path):
+    run_dir = tmp_path / "run"
+    command = (*TRAIN, "steps=2000", "logger=none", f"hydra.run.dir={run_dir}")
+    first = faults.start(*command, cwd=tmp_path)
+    try:
+        assert faults.wait_until(lambda: bool(faults.metrics_steps(run_dir)), first)
+        second = faults.start(*command, cwd=tmp_path)
+        assert second.wait(timeout=300) == 1
+        out = faults.output(second)
+        assert f"is in use by another training process (pid {first.pid})" in out, out
+        assert "Traceback" not in out and first.poll() is None
+    finally:
+        faults.kill_group(first)

@@ -156,7 +156,7 @@ def _hydra_record(run_dir: Path, keep: bool) -> None:
 
 def _remove_if_unused(run_dir: Path) -> None:
     """Delete a run directory that holds nothing but what Hydra wrote before the job began."""
-    if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log"
+    if run_dir.is_dir() and all(p.name in (".hydra", ckpt.LOCK_FILE) or p.suffix == ".log"
                                 for p in run_dir.iterdir()):
         shutil.rmtree(run_dir)
 
@@ -167,9 +167,9 @@ def main(dcfg: DictConfig) -> None:
     stop = GracefulStop()
     try:
         cfg = to_config(dcfg)
-        if not ckpt.has_resume_state(run_dir):
-            _hydra_record(run_dir, keep=True)
-        with stop:
+        with stop, ckpt.lock_run_dir(run_dir):
+            if not ckpt.has_resume_state(run_dir):
+                _hydra_record(run_dir, keep=True)
             run(cfg, run_dir, stop=stop)
         _hydra_record(run_dir, keep=True)
     except TrainingStopped as exc:
@@ -181,7 +181,7 @@ def main(dcfg: DictConfig) -> None:
         stop.hand_over()  # under submitit: requeue the job (this exits)
         raise SystemExit(128 + (stop.signum or 0)) from None
     except GrokError as exc:
-        if isinstance(exc, ResumeMismatch):
+        if isinstance(exc, (ResumeMismatch, ckpt.RunDirBusy)):
             _hydra_record(run_dir, keep=False)
         _remove_if_unused(run_dir)
         print(f"error: {exc}", file=sys.stderr)

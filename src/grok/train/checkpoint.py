@@ -14,6 +14,8 @@ redoing the steps in between gives the same run bit for bit.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import logging
@@ -21,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,44 @@ class NoValidResumeState(GrokError):
 
 class InsufficientDisk(GrokError):
     """The disk cannot hold the checkpoints the run will write."""
+
+
+class RunDirBusy(GrokError):
+    """Another process is training in the same run directory."""
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def lock_run_dir(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on run_dir while training, so that two processes (the same command
+    started twice) can never write one run directory at once. The kernel releases it when the
+    process ends, even by kill -9. On file systems without flock the run goes on unlocked."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise RunDirBusy(f"{run_dir} is in use by another training process (pid {holder}); "
+                             "wait for it to end or stop it (kill -TERM <pid>), or start this "
+                             "command in another directory (hydra.run.dir=...)") from None
+        except OSError as exc:  # e.g. ENOLCK/EOPNOTSUPP on some network file systems
+            log.warning("cannot lock %s (%s); make sure no other process uses it", path, exc)
+            yield
+            return
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _fsync_dir(folder: Path) -> None:
