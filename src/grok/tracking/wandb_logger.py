@@ -15,10 +15,10 @@ class WandbLogger:
     Metrics use "step" as their x-axis (define_metric), so analyses may log values for earlier
     steps after training has moved on, which wandb.log(step=...) would drop.
 
-    A resumed run reopens the same run id and, with start_step (the run's history_step when its
-    resume state was saved), continues W&B's own row counter `_step` there: every offline
-    fragment of one run then holds disjoint rows, and rows redone after a crash replace their
-    first version, so `wandb sync` of the fragments in order rebuilds the uninterrupted history.
+    A resumed run reopens the same run id and, offline, with start_step (the run's history_step
+    when its resume state was saved) continues W&B's own row counter `_step` there: rows redone
+    after a crash take the `_step` of their first version, so `wandb sync` of the fragments in
+    order rebuilds the uninterrupted history.
     """
 
     def __init__(self, run_dir: Path, *, project: str, config: dict[str, Any], group: str,
@@ -47,7 +47,9 @@ class WandbLogger:
         self.run_id = self._run.id
         self._run.define_metric("step")
         self._run.define_metric("*", step_metric="step")
-        self._start_step = start_step or None  # applied to the first row this fragment logs
+        # Applied to the first row this fragment logs. Offline only: online, W&B resumes the
+        # counter from the server and would drop a row with a lower _step.
+        self._start_step = (start_step or None) if self.mode == "offline" else None
 
     @property
     def history_step(self) -> int:
