@@ -82,9 +82,14 @@ def kill_during_write(proc: subprocess.Popen, folder: Path, prefix: str) -> Path
     write (or the rename that completes it) has not finished, and SIGKILL lands inside it.
     Otherwise it continues and the next write is tried. Returns the temporary file left behind,
     or None if the run ended first."""
+    # Left over by an earlier kill (the new process deletes them when it loads its state).
+    stale = set(folder.glob(prefix + "*.tmp")) if folder.is_dir() else set()
+
+    def temporary() -> list[Path]:
+        return [p for p in folder.glob(prefix + "*.tmp") if p not in stale] if folder.is_dir() \
+            else []
+
     while True:
-        def temporary() -> list[Path]:
-            return list(folder.glob(prefix + "*.tmp")) if folder.is_dir() else []
 
         if not wait_until(lambda: bool(temporary()), proc, poll=0.0005):
             return None
