@@ -8,6 +8,7 @@ a component. Only the entry points import this module's Hydra-facing half.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +117,13 @@ class Config:
     @property
     def split_seed(self) -> int:
         return self.seed if self.split.seed is None else self.split.seed
+
+
+# conf/hydra/launcher/ holds our defaults for the launcher plugins under the plugins' own option
+# names; Hydra 1.3 validates such a file against the plugin's schema of the same name and warns
+# that this matching is deprecated. The files hold every schema key, so they work either way.
+# (Set here, at import, because submitit jobs import this module but not grok.main.)
+warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema")
 
 
 def register_configs() -> None:

@@ -3,22 +3,117 @@
 Layout inside a run directory:
   checkpoints/step_0001000.pt  {"step", "model_state", "model_config", "task"}: weights only
   checkpoints/last.pt          everything needed to continue exactly (see save_resume_state)
-Both load with torch.load(weights_only=True): they hold only tensors and plain containers.
+  checkpoints/previous.pt      the resume state before last.pt, kept as an exact fallback
+All load with torch.load(weights_only=True): they hold only tensors and plain containers.
+
+The resume state carries a checksum of its contents, because torch.load does not notice flipped
+bytes inside tensor data. A last.pt that is truncated, unreadable or fails its checksum is moved
+aside and the run resumes from previous.pt: minibatches are a pure function of (seed, step), so
+redoing the steps in between gives the same run bit for bit.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import io
+import logging
 import os
 import re
+import shutil
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from grok.errors import GrokError
+
 CHECKPOINT_DIR = "checkpoints"
 RESUME_FILE = "last.pt"
+PREVIOUS_FILE = "previous.pt"
 _STEP_FILE = re.compile(r"step_(\d+)\.pt$")
+_CHECKSUM_KEY = "checksum"
+
+log = logging.getLogger(__name__)
+
+
+class NoValidResumeState(GrokError):
+    """The run directory has resume files, but none of them can be read."""
+
+
+class InsufficientDisk(GrokError):
+    """The disk cannot hold the checkpoints the run will write."""
+
+
+class RunDirBusy(GrokError):
+    """Another process is training in the same run directory."""
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def lock_run_dir(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on run_dir while training, so that two processes (the same command
+    started twice) can never write one run directory at once. The kernel releases it when the
+    process ends, even by kill -9. On file systems without flock the run goes on unlocked."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise RunDirBusy(f"{run_dir} is in use by another training process (pid {holder}); "
+                             "wait for it to end or stop it (kill -TERM <pid>), or start this "
+                             "command in another directory (hydra.run.dir=...)") from None
+        except OSError as exc:  # e.g. ENOLCK/EOPNOTSUPP on some network file systems
+            log.warning("cannot lock %s (%s); make sure no other process uses it", path, exc)
+            yield
+            return
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename inside `folder` durable (a crash after os.replace must not undo it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open a directory; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_temp(obj: Any, path: Path) -> Path:
+    """torch.save `obj` to a fsynced temporary file next to `path`; return its name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -27,17 +122,23 @@ def atomic_save(obj: Any, path: Path) -> None:
     A reader (or a restart after kill -9) sees either the old file or the complete new one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = _write_temp(obj, path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete temporary files left by a write that was killed (they are never complete)."""
+    run_dir = Path(run_dir)
+    stale = [p for folder in (run_dir, run_dir / CHECKPOINT_DIR) if folder.is_dir()
+             for p in folder.glob(".*.tmp")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
@@ -48,12 +149,24 @@ def resume_path(run_dir: Path) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / RESUME_FILE
 
 
+def previous_path(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR / PREVIOUS_FILE
+
+
+def has_resume_state(run_dir: Path) -> bool:
+    """Whether run_dir holds a run that was started (a resume file exists, valid or not)."""
+    return resume_path(run_dir).exists() or previous_path(run_dir).exists()
+
+
+def _weights_payload(step: int, model_state: dict, model_config: dict, task: dict) -> dict:
+    return {"step": step, "model_state": model_state, "model_config": model_config, "task": task}
+
+
 def save_weights(run_dir: Path, step: int, model: torch.nn.Module, model_config: dict,
                  task: dict) -> Path:
     path = checkpoint_path(run_dir, step)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_save({"step": step, "model_state": state, "model_config": model_config, "task": task},
-                path)
+    atomic_save(_weights_payload(step, state, model_config, task), path)
     return path
 
 
@@ -72,12 +185,159 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+# ----------------------------------------------------------------------------- resume state
+def state_digest(obj: Any) -> str:
+    """SHA-256 of a nested structure of dicts, lists, tensors and plain values (tensors by dtype,
+    shape and bytes), independent of the device the tensors live on."""
+    h = hashlib.sha256()
+
+    def feed(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, dict):
+            h.update(f"D{len(x)}".encode())
+            for k in sorted(x, key=repr):
+                h.update(repr(k).encode())
+                feed(x[k])
+        elif isinstance(x, (list, tuple)):
+            h.update(f"L{len(x)}".encode())
+            for v in x:
+                feed(v)
+        else:
+            h.update(f"V{x!r}".encode())
+
+    feed(obj)
+    return h.hexdigest()
+
+
 def save_resume_state(run_dir: Path, state: dict) -> None:
-    atomic_save(state, resume_path(run_dir))
+    """Write `state` (with its checksum) as last.pt; the former last.pt becomes previous.pt.
+
+    Order: the new state is complete and fsynced in a temporary file before anything is renamed,
+    so at every instant last.pt or previous.pt holds a complete state.
+    """
+    last, previous = resume_path(run_dir), previous_path(run_dir)
+    tmp = _write_temp({**state, _CHECKSUM_KEY: state_digest(state)}, last)
+    try:
+        if last.exists():
+            os.replace(last, previous)
+        os.replace(tmp, last)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(last.parent)
+
+
+def _read_verified(path: Path, map_location: str | torch.device) -> dict:
+    """Load a resume file and check its checksum; raise ValueError saying what is wrong."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, garbage, empty file, ...
+        first_line = (str(exc).splitlines() or ["empty file"])[0][:120]
+        raise ValueError(f"unreadable ({type(exc).__name__}: {first_line})") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise ValueError("not a resume state")
+    saved = state.pop(_CHECKSUM_KEY, None)
+    if saved is not None and saved != state_digest(state):
+        raise ValueError("checksum mismatch (the file was modified or damaged)")
+    return state
 
 
 def load_resume_state(run_dir: Path, map_location: str | torch.device = "cpu") -> dict | None:
-    path = resume_path(run_dir)
-    if not path.is_file():
-        return None
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """The newest valid resume state of run_dir: last.pt, else previous.pt; None for a new run.
+
+    A damaged last.pt is renamed to last.pt.corrupt (so the next save cannot rotate it into
+    previous.pt) and a warning names the file and the step the run goes back to. Raises
+    NoValidResumeState when resume files exist but none is valid.
+    """
+    remove_stale_temporaries(run_dir)
+    last, previous = resume_path(run_dir), previous_path(run_dir)
+    problems = []
+    for path in (last, previous):
+        if not path.is_file():
+            continue
+        try:
+            state = _read_verified(path, map_location)
+        except ValueError as exc:
+            problems.append(f"{path.name}: {exc}")
+            if path == last:
+                os.replace(last, last.with_name(last.name + ".corrupt"))
+            continue
+        if problems:
+            log.warning("%s is damaged (%s); moved it to %s.corrupt and resuming from %s at step "
+                        "%d instead: the steps after it are redone and give the same result",
+                        last, problems[0].split(": ", 1)[1], last.name, path.name, state["step"])
+        elif path == previous:
+            log.info("no %s (a save was interrupted); resuming from %s at step %d",
+                     last.name, path.name, state["step"])
+        return state
+    if problems:
+        raise NoValidResumeState(
+            f"no valid resume state in {last.parent} ({'; '.join(problems)}), so the run cannot "
+            "continue exactly. Start it fresh in another directory (hydra.run.dir=...), or "
+            f"delete the folder {last.parent} to restart it from step 0 in this directory")
+    return None
+
+
+# ------------------------------------------------------------------------------- disk space
+@dataclass
+class DiskEstimate:
+    """Bytes the checkpoints of one run take: weights-only files plus the two resume files."""
+
+    n_checkpoints: int
+    checkpoint_bytes: int  # one weights-only checkpoint
+    resume_bytes: int  # one resume state (last.pt; previous.pt is the same size)
+    remaining_bytes: int  # what is not on disk yet (less than total for a resumed run)
+    free_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.n_checkpoints * self.checkpoint_bytes + 2 * self.resume_bytes
+
+    def line(self) -> str:
+        return (f"disk: checkpoints need {_human(self.total_bytes)} ({self.n_checkpoints} "
+                f"analysis checkpoints x {_human(self.checkpoint_bytes)} + resume state 2 x "
+                f"{_human(self.resume_bytes)}); {_human(self.remaining_bytes)} still to write, "
+                f"{_human(self.free_bytes)} free")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _serialized_size(obj: Any) -> int:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.tell()
+
+
+def estimate_disk(run_dir: Path, model: torch.nn.Module, model_config: dict, task: dict,
+                  steps: list[int]) -> DiskEstimate:
+    """Estimate the checkpoint bytes of a run that saves weights at `steps`, by serializing what
+    those files hold: the model's weights, and for the resume state the weights with AdamW's two
+    moment buffers per parameter and the RNG state."""
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    ckpt_bytes = _serialized_size(_weights_payload(max(steps, default=0), weights, model_config,
+                                                   task))
+    params = [p.detach().cpu() for p in model.parameters()]
+    optimizer = {"state": {i: {"step": torch.tensor(1.0), "exp_avg": torch.zeros_like(p),
+                               "exp_avg_sq": torch.zeros_like(p)} for i, p in enumerate(params)},
+                 "param_groups": [{"params": list(range(len(params)))}]}
+    resume_bytes = _serialized_size({"model": weights, "optimizer": optimizer,
+                                     "torch_rng": torch.get_rng_state(),
+                                     _CHECKSUM_KEY: "0" * 64}) + 1024  # + scalars and identity
+    missing = sum(not checkpoint_path(run_dir, s).exists() for s in steps)
+    missing_resume = sum(not p.exists() for p in (resume_path(run_dir), previous_path(run_dir)))
+    folder = Path(run_dir)
+    while not folder.exists():
+        folder = folder.parent
+    return DiskEstimate(n_checkpoints=len(steps), checkpoint_bytes=ckpt_bytes,
+                        resume_bytes=resume_bytes,
+                        remaining_bytes=missing * ckpt_bytes + missing_resume * resume_bytes,
+                        free_bytes=shutil.disk_usage(folder).free)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,25 @@ class TrainingDiverged(GrokError):
 
 class ResumeMismatch(GrokError):
     """The run directory holds a run with a different configuration."""
+
+
+class TrainingStopped(Exception):
+    """fit() was asked to stop (should_stop) and saved the resume state at a step boundary."""
+
+    def __init__(self, step: int):
+        super().__init__(f"training stopped at step {step}; resume state saved")
+        self.step = step
+
+
+def check_identity(saved: dict[str, Any], wanted: dict[str, Any], run_dir: Path) -> None:
+    """Raise ResumeMismatch naming the first key where the saved run and this command differ."""
+    for key in sorted(set(saved) | set(wanted)):
+        if saved.get(key) != wanted.get(key):
+            digest = hashlib.sha1(json.dumps(wanted, sort_keys=True, default=str).encode())
+            raise ResumeMismatch(
+                f"{run_dir} holds a run with {key}={saved.get(key)!r}, but this command has "
+                f"{key}={wanted.get(key)!r}; repeat the original overrides to resume it, or "
+                f"start fresh elsewhere with hydra.run.dir={run_dir}-{digest.hexdigest()[:6]}")
 
 
 @dataclass
@@ -96,8 +117,13 @@ class Trainer:
         self.eval_at = eval_steps(settings.steps, settings.eval_every, settings.checkpoint_steps)
         self.checkpoint_at = set(settings.checkpoint_steps)
         self.metrics_path = self.run_dir / METRICS_FILE
-        self.extra_state: dict[str, Any] = {}  # e.g. the W&B run id, stored in last.pt
+        # Stored in last.pt, e.g. the W&B run id; a callable value is called at each save.
+        self.extra_state: dict[str, Any] = {}
+        # Checked at every step boundary; when it returns True, fit() saves the resume state and
+        # raises TrainingStopped (set by the entry point, e.g. to a signal flag).
+        self.should_stop: Callable[[], bool] = lambda: False
         self.step = 0
+        self._saved_step = -1  # step of the last resume state written by this process
         self._elapsed_before = 0.0
         self._clock = time.perf_counter()
 
@@ -111,13 +137,7 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- resume
     def _resume(self, state: dict) -> None:
-        saved = state.get("identity", {})
-        for key in sorted(set(saved) | set(self.s.identity)):
-            if saved.get(key) != self.s.identity.get(key):
-                raise ResumeMismatch(
-                    f"{self.run_dir} holds a run with {key}={saved.get(key)!r}, but this command "
-                    f"has {key}={self.s.identity.get(key)!r}; repeat the original overrides to "
-                    "resume it, or start fresh in another run directory (hydra.run.dir=...)")
+        check_identity(state.get("identity", {}), self.s.identity, self.run_dir)
         self.model.load_state_dict(state["model"])  # load_state_dict copies onto the device
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -131,12 +151,14 @@ class Trainer:
         """Drop metric rows written after the resume state was saved; they will be redone."""
         if not self.metrics_path.exists():
             return
-        rows = [r for r in read_metrics(self.metrics_path) if r["step"] <= last_step]
+        rows = [r for r in read_metrics(self.metrics_path, torn_tail_ok=True)
+                if r["step"] <= last_step]
         tmp = self.metrics_path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         os.replace(tmp, self.metrics_path)
 
     def save_resume_state(self) -> None:
+        self._saved_step = self.step
         ckpt.save_resume_state(self.run_dir, {
             "step": self.step,
             "model": self.model.state_dict(),
@@ -145,7 +167,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "elapsed_s": self.elapsed,
             "identity": self.s.identity,
-            **self.extra_state,
+            **{k: v() if callable(v) else v for k, v in self.extra_state.items()},
         })
 
     # ---------------------------------------------------------------------------- evaluate
@@ -228,14 +250,17 @@ class Trainer:
         bar = tqdm(total=self.s.steps, initial=self.step, desc="train", unit="step",
                    dynamic_ncols=True, disable=not _progress_enabled(self.s.progress))
         try:
-            while self.step < stop:
+            while self.step < stop and not self.should_stop():
                 self._train_step()
                 bar.update(1)
                 self._at_step_boundary(bar)
         finally:
             bar.close()
         if self.step < self.s.steps:
-            self.save_resume_state()
+            if self._saved_step != self.step:  # keep previous.pt one save behind last.pt
+                self.save_resume_state()
+            if self.should_stop():
+                raise TrainingStopped(self.step)
         return read_metrics(self.metrics_path)
 
 
@@ -244,7 +269,16 @@ class _NullBar:
         pass
 
 
-def read_metrics(path: Path) -> list[dict[str, float]]:
-    """All rows of a metrics.jsonl file, in order."""
+def read_metrics(path: Path, torn_tail_ok: bool = False) -> list[dict[str, float]]:
+    """All rows of a metrics.jsonl file, in order. With torn_tail_ok, a last line cut short by a
+    killed write is dropped instead of raising."""
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if not (torn_tail_ok and i == len(lines) - 1):
+                raise
+    return rows

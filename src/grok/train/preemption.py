@@ -1,0 +1,91 @@
+"""Graceful stop on SIGTERM, SIGINT and SIGUSR2: finish the current step, save, exit.
+
+While a GracefulStop is entered, those signals only set a flag; the trainer checks it at every
+step boundary (Trainer.should_stop), saves its resume state and raises TrainingStopped. The entry
+point then calls hand_over(): if someone handled the signal before us (under submitit, its handler
+for SIGUSR2 checkpoints the job and requeues it), that handler runs now, after the state is safe.
+A second SIGINT (Ctrl-C twice) interrupts at once.
+
+SLURM sends SIGUSR2 `signal_delay_s` seconds before a submitit job's time limit (and on preemption
+when the cluster enables preempt_send_user_signal), SIGTERM when it cancels or preempts a job; a
+terminal sends SIGINT on Ctrl-C. Signal handlers can only be installed from the main thread;
+elsewhere (a threaded launcher) GracefulStop is inactive and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+
+log = logging.getLogger(__name__)
+
+
+class GracefulStop:
+    """Context manager turning the stop signals into a flag; call the instance to read it."""
+
+    def __init__(self, signals: tuple[signal.Signals, ...] = STOP_SIGNALS):
+        self.signals = signals
+        self.signum: int | None = None
+        self.previous: dict[int, Any] = {}
+        self.active = False
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else "none"
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("not in the main thread: SIGTERM/SIGINT/SIGUSR2 will not stop this run "
+                        "gracefully")
+            return self
+        for sig in self.signals:
+            self.previous[sig] = signal.signal(sig, self._handle)
+        self.active = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.active:
+            for sig, handler in self.previous.items():
+                signal.signal(sig, handler)
+            self.active = False
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: the user does not want to wait
+        if self.signum is None:
+            self.signum = signum
+            print(f"{signal.Signals(signum).name} received: saving the resume state at the end of "
+                  "this step, then stopping (Ctrl-C again to stop at once)", file=sys.stderr,
+                  flush=True)
+
+    def _previous_handler(self) -> Any:
+        handler = self.previous.get(self.signum) if self.signum is not None else None
+        if callable(handler) and handler is not signal.default_int_handler:
+            return handler
+        return None
+
+    @property
+    def hands_over(self) -> bool:
+        """Whether hand_over() will run someone else's handler (e.g. submitit's requeue)."""
+        return self._previous_handler() is not None
+
+    def hand_over(self) -> None:
+        """Run the handler the received signal had before ours, if it was a Python function
+        (submitit's requeue handler, which exits the process). Python's own SIGINT handler
+        (KeyboardInterrupt) and the default and ignore actions are not run: the caller exits."""
+        handler = self._previous_handler()
+        if handler is not None:
+            handler(self.signum, None)

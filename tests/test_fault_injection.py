@@ -1,0 +1,150 @@
+"""Real training processes killed (kill -9, also inside a checkpoint write) or signalled, then
+restarted with the same command: the finished run must equal an uninterrupted one bit for bit."""
+
+import json
+import random
+import signal
+import subprocess
+
+import pytest
+
+from grok.main import run
+from grok.tracking import NullLogger
+from grok.train import checkpoint as ckpt
+from tests import faults
+from tests.conftest import compose_config
+from tests.wandb_records import offline_runs, read_records, run_record
+
+# Small but not tiny: the resume state is ~1 MB, so a write takes a few milliseconds.
+TRAIN = ("task.p=17", "steps=60", "model.d_model=64", "model.d_mlp=256", "train.eval_every=5",
+         "train.checkpoints=12", "train.resume_every=10", "device=cpu")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run (in this process: the logger does not change what is trained)."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    run(compose_config(*TRAIN, "logger=none"), run_dir, logger=NullLogger())
+    return run_dir
+
+
+def test_kill_9_anywhere_then_the_same_command_finishes_the_same_run(tmp_path, reference):
+    run_dir = tmp_path / "run"
+    command = (*TRAIN, "logger=none", f"hydra.run.dir={run_dir}")
+
+    # 1. killed in the middle of training, after some rows past a saved state
+    proc = faults.start(*command, cwd=tmp_path)
+    assert faults.wait_until(lambda: max(faults.metrics_steps(run_dir), default=0) >= 15, proc)
+    faults.kill_group(proc)
+    assert ckpt.load_resume_state(run_dir)["step"] < 60
+
+    # 2. killed inside a write of the resume state (last.pt's temporary file is incomplete)
+    proc = faults.start(*command, cwd=tmp_path)
+    left = faults.kill_during_write(proc, run_dir / "checkpoints", ".last.pt.")
+    assert left is not None and left.exists(), faults.output(proc)
+
+    # 3. a damaged last.pt (a disk error, a bad copy): the run falls back to previous.pt
+    path = ckpt.resume_path(run_dir)
+    path.write_bytes(path.read_bytes()[:1000])
+
+    out = faults.finish(faults.start(*command, cwd=tmp_path))
+    assert "last.pt is damaged" in out and "resuming from previous.pt" in out
+    assert "done: train acc" in out
+    faults.assert_same_training(run_dir, reference)
+
+
+def merged_history(run_dir):
+    """The W&B history that syncing the offline fragments in order gives: rows keyed by W&B's
+    `_step`, a later fragment's row replacing an earlier one with the same `_step`."""
+    rows, run_ids = {}, set()
+    fragments = []
+    for folder in offline_runs(run_dir):
+        records = read_records(folder)
+        fragments.append((run_record(records)["start_time"], records))
+    for _, records in sorted(fragments, key=lambda f: f[0]):
+        run_ids.add(run_record(records)["run_id"])
+        for r in records:
+            if r["type"] == "history":
+                item = r["history"]["item"]
+                rows[item["_step"]] = item
+    return [rows[k] for k in sorted(rows)], run_ids, len(fragments)
+
+
+def test_sigterm_and_ctrl_c_stop_cleanly_and_resume_into_the_same_wandb_run(tmp_path, reference):
+    """With a preset, rerunning the very same command continues the run: its directory depends
+    only on the preset and the seed."""
+    run_dir = tmp_path / "outputs" / "v1_baseline" / "s0"
+    command = ("experiment=v1_baseline", *TRAIN, "logger=wandb")
+    stops = []
+    for sig, to_group, exit_code in ((signal.SIGTERM, False, 143), (signal.SIGINT, True, 130)):
+        target = max(faults.metrics_steps(run_dir), default=0) + 12
+        proc = faults.start(*command, cwd=tmp_path)
+        assert faults.wait_until(lambda t=target: max(faults.metrics_steps(run_dir),
+                                                      default=0) >= t, proc)
+        if to_group:  # Ctrl-C in a terminal signals the whole group, W&B's service included
+            faults.kill_group(proc, sig)
+        else:
+            proc.send_signal(sig)
+            proc.wait(timeout=120)
+        out = faults.output(proc)
+        assert proc.returncode == exit_code, out
+        assert f"stopped by {sig.name} after step" in out and "Traceback" not in out
+        assert "To continue: python -m grok.main experiment=v1_baseline task.p=17" in out
+        step = int(out.split("after step ")[1].split(";")[0])
+        # Saved at the step where it stopped, not at the last resume_every multiple.
+        assert ckpt.load_resume_state(run_dir)["step"] == step >= target
+        stops.append(step)
+    faults.finish(faults.start(*command, cwd=tmp_path))
+    faults.assert_same_training(run_dir, reference)
+
+    history, run_ids, n_fragments = merged_history(run_dir)
+    assert n_fragments == 3 and len(run_ids) == 1
+    assert run_ids == {ckpt.load_resume_state(run_dir)["wandb_run_id"]}
+    logged = [(h["step"], h["test/acc"], h["train/loss"]) for h in history if "test/acc" in h]
+    rows = faults.read_rows(reference)
+    assert logged == [(r["step"], r["test/acc"], r["train/loss"]) for r in rows]
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_many_times(tmp_path, reference):
+    """Kill at random times (uniform over a run's length, so startup, training, evaluation and
+    every kind of write are hit) and inside weights-only and resume writes, until the run ends."""
+    rng = random.Random(5)
+    run_dir = tmp_path / "run"
+    command = (*TRAIN, "logger=none", f"hydra.run.dir={run_dir}")
+    outcomes = []
+    for _ in range(40):
+        proc = faults.start(*command, cwd=tmp_path)
+        mode = rng.choice(["random", "random", "weights write", "resume write"])
+        if mode == "random":
+            try:
+                proc.wait(timeout=rng.uniform(0.5, 12.0))
+            except subprocess.TimeoutExpired:
+                faults.kill_group(proc)
+        else:
+            prefix = ".step_" if mode == "weights write" else ".last.pt."
+            if faults.kill_during_write(proc, run_dir / "checkpoints", prefix) is None:
+                proc.wait()
+        steps = faults.metrics_steps(run_dir)
+        outcomes.append((mode, proc.returncode, max(steps, default=None)))
+        if proc.returncode == 0:
+            break
+    assert proc.returncode == 0, outcomes
+    assert sum(code == -signal.SIGKILL for _, code, _ in outcomes) >= 5, outcomes
+    faults.assert_same_training(run_dir, reference)
+    print(json.dumps(outcomes))
+
+
+def test_the_same_command_started_twice_is_refused_while_the_first_trains(tmp_path):
+    run_dir = tmp_path / "run"
+    command = (*TRAIN, "steps=2000", "logger=none", f"hydra.run.dir={run_dir}")
+    first = faults.start(*command, cwd=tmp_path)
+    try:
+        assert faults.wait_until(lambda: bool(faults.metrics_steps(run_dir)), first)
+        second = faults.start(*command, cwd=tmp_path)
+        assert second.wait(timeout=300) == 1
+        out = faults.output(second)
+        assert f"is in use by another training process (pid {first.pid})" in out, out
+        assert "Traceback" not in out and first.poll() is None
+    finally:
+        faults.kill_group(first)

@@ -1,0 +1,143 @@
+"""Sweeps through real launchers: submitit (local, with jobs preempted and requeued), joblib, and
+the seeds x splits preset end to end, interrupted and rerun until complete."""
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from grok.main import run
+from grok.tracking import NullLogger
+from tests import faults
+from tests.conftest import compose_config, run_cli
+from tests.wandb_records import offline_runs, read_records, run_record
+
+SMALL = ("task.p=11", "steps=200", "train.eval_every=10", "train.checkpoints=10",
+         "train.resume_every=50", "device=cpu")
+
+
+def job_processes(marker: str) -> list[int]:
+    """PIDs of submitit job processes (`python -m submitit.core._submit <folder>`) whose folder
+    contains `marker`: only this test's jobs, never another process on the machine."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        args = [c.decode(errors="replace") for c in cmd]
+        if "submitit.core._submit" in args and any(marker in a for a in args):
+            pids.append(int(entry.name))
+    return pids
+
+
+def wandb_run(job_dir):
+    """(run ids of all fragments, run group, number of fragments) of a job's offline W&B run."""
+    metas = [run_record(read_records(f)) for f in offline_runs(job_dir)]
+    return {m["run_id"] for m in metas}, {m["run_group"] for m in metas}, len(metas)
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep_survives_preemption_of_every_job(tmp_path):
+    """Two jobs under real submitit controllers. Each job process gets SIGUSR2 (what SLURM sends
+    before a time limit or on preemption) mid-training: it saves, submitit requeues it, the new
+    process resumes in the same run directory and the same W&B run, and the sweep completes
+    with results identical to uninterrupted runs."""
+    sweep = tmp_path / "sweep"
+    proc = faults.start("-m", "hydra/launcher=submitit_local", "seed=0,1", *SMALL,
+                        f"hydra.sweep.dir={sweep}", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    jobs = [sweep / "0", sweep / "1"]
+    assert faults.wait_until(lambda: all(max(faults.metrics_steps(j), default=0) >= 30
+                                         for j in jobs), proc, timeout=600)
+    pids = job_processes(str(sweep))
+    assert len(pids) == 2, pids
+    for pid in pids:
+        os.kill(pid, signal.SIGUSR2)
+    assert proc.wait(timeout=900) == 0, faults.output(proc)
+
+    logs = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.*"))
+    requeued = [line for line in logs.splitlines() if line.startswith("submitit INFO")
+                and "Requeued job" in line]  # submitit logs each message twice; count one form
+    assert len(requeued) == 2, logs
+    assert logs.count("stopped by SIGUSR2 after step") == 2
+    assert "the launcher takes over (submitit requeues the job" in logs
+    run_ids = set()
+    threads = torch.get_num_threads()
+    for seed, job in enumerate(jobs):
+        reference = tmp_path / f"reference{seed}"
+        torch.set_num_threads(1)  # as the jobs (OMP_NUM_THREADS=1): float sums depend on it
+        try:
+            run(compose_config(*SMALL, f"seed={seed}", "logger=none"), reference,
+                logger=NullLogger())
+        finally:
+            torch.set_num_threads(threads)
+        faults.assert_same_training(job, reference)
+        assert (job / "plots" / "curves.png").is_file()
+        ids, groups, n_fragments = wandb_run(job)
+        assert n_fragments == 2 and len(ids) == 1, (ids, n_fragments)  # one run, resumed once
+        run_ids |= ids
+    assert len(run_ids) == 2
+
+
+@pytest.mark.slow
+def test_joblib_sweep_runs_jobs_in_parallel_with_one_thread_each(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1",
+                     *SMALL, f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+    for seed in (0, 1):
+        job = sweep / str(seed)
+        assert faults.read_rows(job)[-1]["step"] == 200
+        [fragment] = offline_runs(job)
+        meta = run_record(read_records(fragment))
+        derived = meta["config"]["update"]["derived"]
+        assert meta["config"]["update"]["seed"] == seed
+        # joblib gives each of the 2 workers cores // 2 threads
+        assert derived["torch_threads"] == max(1, (os.cpu_count() or 1) // 2)
+
+
+@pytest.mark.slow
+def test_preset_sweep_end_to_end_comes_back_complete_after_an_interruption(tmp_path):
+    """experiment=sweep_seeds_splits (3 seeds x 3 splits, no -m needed), stopped by SIGTERM in
+    the middle, then the same command again: every job finishes, each in the directory named
+    after its overrides, with its own W&B run, seeds of one split grouped together."""
+    sweep = tmp_path / "sweep"
+    command = ("experiment=sweep_seeds_splits", "task.p=11", "steps=60", "train.eval_every=10",
+               "train.checkpoints=6", "train.resume_every=20", f"hydra.sweep.dir={sweep}")
+    proc = faults.start(*command, cwd=tmp_path)
+
+    def fourth_job_training():
+        started = list(sweep.glob("seed=*"))
+        return len(started) >= 4 and any(0 < max(faults.metrics_steps(d), default=0) < 60
+                                         for d in started)
+
+    assert faults.wait_until(fourth_job_training, proc, timeout=900)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 143, faults.output(proc)
+    assert "run the same sweep again with hydra.sweep.dir=" in faults.output(proc)
+    unfinished = [d for d in sweep.glob("seed=*")
+                  if not faults.metrics_steps(d) or max(faults.metrics_steps(d)) < 60]
+    assert unfinished
+
+    out = faults.finish(faults.start(*command, cwd=tmp_path), timeout=900)
+    assert out.count("done: train acc") == 9
+    jobs = sorted(d.name for d in sweep.iterdir() if d.is_dir())
+    # named after what is trained: the cadence overrides (train.*) stay out of the names
+    assert jobs == sorted(f"seed={s},split={p},task.p=11" for s in range(3)
+                          for p in ("conflict", "random", "structured"))
+    groups = {}
+    for name in jobs:
+        job = sweep / name
+        rows = faults.read_rows(job)
+        assert rows[-1]["step"] == 60 and [r["step"] for r in rows] == sorted(
+            {r["step"] for r in rows})
+        ids, [group], _ = wandb_run(job)
+        assert len(ids) == 1
+        split = name.split("split=")[1].split(",")[0]
+        groups.setdefault(split, set()).add(group)
+    assert all(len(g) == 1 for g in groups.values()) and len(set().union(*groups.values())) == 3

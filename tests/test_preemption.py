@@ -1,0 +1,87 @@
+"""SIGTERM, SIGINT and SIGUSR2 stop training at a step boundary with the state saved."""
+
+import os
+import signal
+
+import pytest
+import torch
+
+from grok.tracking import InMemoryLogger
+from grok.train import checkpoint as ckpt
+from grok.train.preemption import GracefulStop
+from grok.train.trainer import TrainingStopped
+from tests.conftest import tiny_config
+from tests.test_trainer import make_trainer, without_time
+
+
+class SignalAt(InMemoryLogger):
+    """Sends `sig` to this very process while logging the row of `step`, i.e. in the middle of
+    a step boundary, as a real signal would arrive at any moment."""
+
+    def __init__(self, sig, step):
+        super().__init__()
+        self.sig, self.at = sig, step
+
+    def log(self, metrics, step):
+        super().log(metrics, step)
+        if step == self.at:
+            os.kill(os.getpid(), self.sig)
+
+
+CFG = ("steps=40", "train.resume_every=100", "train.eval_every=5")
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """An uninterrupted run: (metric rows, final weights)."""
+    trainer = make_trainer(tiny_config(*CFG), tmp_path_factory.mktemp("straight"))
+    return trainer.fit(), trainer.model.state_dict()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR2],
+                         ids=lambda s: s.name)
+def test_signal_stops_at_the_step_boundary_and_the_run_continues_exactly(tmp_path, sig, straight):
+    cfg = tiny_config(*CFG)
+    rows_straight, weights = straight
+    before = signal.getsignal(sig)
+    trainer = make_trainer(cfg, tmp_path / "b", SignalAt(sig, 15))
+    with GracefulStop() as stop:
+        trainer.should_stop = stop
+        with pytest.raises(TrainingStopped) as err:
+            trainer.fit()
+    assert stop.signum == sig and err.value.step == 15
+    assert signal.getsignal(sig) is before  # handlers restored on exit
+    # resume_every=100: this state exists only because of the signal
+    assert ckpt.load_resume_state(tmp_path / "b")["step"] == 15
+
+    resumed = make_trainer(cfg, tmp_path / "b")
+    rows = resumed.fit(ckpt.load_resume_state(tmp_path / "b"))
+    assert without_time(rows) == without_time(rows_straight)
+    for name, q in resumed.model.state_dict().items():
+        assert torch.equal(weights[name], q), name
+
+
+def test_hand_over_runs_the_previous_python_handler_only():
+    seen = []
+    old = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append(signum))
+    try:
+        with GracefulStop() as stop:
+            os.kill(os.getpid(), signal.SIGUSR2)
+        assert stop.requested and seen == []  # ours caught it, the old one did not run
+        assert stop.hands_over
+        stop.hand_over()  # e.g. submitit's checkpoint-and-requeue handler
+        assert seen == [signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, old)
+
+    with GracefulStop() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+    assert not stop.hands_over
+    stop.hand_over()  # Python's default SIGINT handler would raise KeyboardInterrupt: not run
+    assert stop.signal_name == "SIGINT"
+
+
+def test_second_ctrl_c_interrupts_at_once():
+    with pytest.raises(KeyboardInterrupt), GracefulStop():
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
