@@ -23,6 +23,7 @@ ARCHS = ("transformer",)
 ACTIVATIONS = ("relu", "gelu")
 CHECKPOINT_SPACINGS = ("log", "linear", "log+linear")
 LOGGERS = ("wandb", "csv", "none")
+PRECISIONS = ("fp32", "bf16")
 ANALYSIS_SUITES = ("none",)
 
 
@@ -74,6 +75,9 @@ class TrainConfig:
     checkpoint_spacing: str = "log+linear"
     resume_every: int = 1000  # steps between resume-state (last.pt) saves
     progress: bool = True
+    compile: bool = False  # torch.compile the training loss and the evaluation forward pass
+    precision: str = "fp32"  # fp32 | bf16 (bfloat16 autocast for the training matmuls)
+    fused_optimizer: bool = True  # fused AdamW kernel on CPU/CUDA (else foreach)
 
 
 @dataclass
@@ -173,6 +177,7 @@ def check(cfg: Config) -> Config:
     if tr.checkpoints < 0:
         _fail("train.checkpoints", tr.checkpoints, "must be >= 0")
     _one_of("train.checkpoint_spacing", tr.checkpoint_spacing, CHECKPOINT_SPACINGS)
+    _one_of("train.precision", tr.precision, PRECISIONS)
 
     _one_of("analysis.name", cfg.analysis.name, ANALYSIS_SUITES)
     _one_of("logger.backend", cfg.logger.backend, LOGGERS)
