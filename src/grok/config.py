@@ -104,6 +104,9 @@ class Config:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
+    # Non-empty: train these seeds in one process as one batched model (grok.train.multiseed),
+    # each into run_dir/seed_<s>; `seed` is then ignored.
+    seeds: list[int] = field(default_factory=list)
     steps: int = 5000
     device: str = "auto"
 
@@ -186,6 +189,8 @@ def check(cfg: Config) -> Config:
     _positive("steps", cfg.steps)
     if cfg.seed < 0:
         _fail("seed", cfg.seed, "must be >= 0")
+    if any(s < 0 for s in cfg.seeds) or len(set(cfg.seeds)) != len(cfg.seeds):
+        _fail("seeds", list(cfg.seeds), "must be distinct integers >= 0, e.g. seeds=[0,1,2,3]")
     if not (cfg.device in ("auto", "cpu", "cuda", "mps") or cfg.device.startswith("cuda:")):
         _fail("device", cfg.device, "choose auto, cpu, cuda, cuda:N or mps")
     return cfg
@@ -197,6 +202,7 @@ def to_config(cfg: DictConfig) -> Config:
     assert isinstance(obj, Config)
     obj.optim.betas = list(obj.optim.betas)
     obj.logger.tags = list(obj.logger.tags)
+    obj.seeds = list(obj.seeds)
     return check(obj)
 
 

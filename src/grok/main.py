@@ -6,6 +6,7 @@ logger, trainer and analyses. main() is the Hydra glue around it.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from grok import naming, plots
 from grok.config import Config, config_dict, register_configs, to_config
@@ -24,6 +25,7 @@ from grok.errors import GrokError
 from grok.model import build_model
 from grok.tracking import Logger, build_logger
 from grok.train import checkpoint as ckpt
+from grok.train.multiseed import SeedBatch
 from grok.train.summary import summarize, summary_line
 from grok.train.trainer import ResumeMismatch, Trainer, build_settings
 
@@ -31,7 +33,10 @@ register_configs()
 
 
 def run(cfg: Config, run_dir: Path, logger: Logger | None = None) -> dict:
-    """Train (or resume) one run in run_dir and return its summary."""
+    """Train (or resume) one run in run_dir and return its summary (with cfg.seeds: a batch of
+    runs in run_dir/seed_<s>, see run_seeds, and the first seed's summary)."""
+    if cfg.seeds:
+        return run_seeds(cfg, run_dir)[0]
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
@@ -46,17 +51,60 @@ def run(cfg: Config, run_dir: Path, logger: Logger | None = None) -> dict:
         trainer = Trainer(model, task, split, build_settings(cfg, naming.identity(cfg)), logger,
                           run_dir, device)
         trainer.extra_state["wandb_run_id"] = logger.run_id
-        rows = trainer.fit(resume)
-        curves = plots.training_curves(rows, run_dir / "plots" / "curves.png",
-                                       title=naming.run_name(cfg))
-        logger.log_figure("plots/curves", curves)
-        summary = summarize(rows)
-        logger.summary(summary)
-        print(summary_line(summary, run_dir), flush=True)
+        summary = finish(cfg, run_dir, trainer.fit(resume), logger)
         exit_code = 0
         return summary
     finally:
         logger.close(exit_code)
+
+
+def run_seeds(cfg: Config, run_dir: Path, loggers: list[Logger] | None = None) -> list[dict]:
+    """Train cfg.seeds as one batched model (grok.train.multiseed), each seed into its own
+    complete run directory run_dir/seed_<s> with its own logger (W&B run); return the seeds'
+    summaries. A seed's directory is what `seed=<s>` alone would have written, .hydra/config.yaml
+    included, and can be analysed or resumed alone; resuming the batch needs every seed.
+    `loggers` (one per seed) replaces the configured logger backend, e.g. in tests."""
+    run_dir = Path(run_dir)
+    device = resolve_device(cfg.device)
+    task = build_task(cfg.task.op, cfg.task.p)
+    cfgs = [dataclasses.replace(cfg, seed=s, seeds=[]) for s in cfg.seeds]
+    dirs = [run_dir / f"seed_{s}" for s in cfg.seeds]
+    given, loggers, trainers, resumes = loggers, [], [], []
+    exit_code = 1
+    try:
+        for c, d in zip(cfgs, dirs):
+            d.mkdir(parents=True, exist_ok=True)
+            (d / ".hydra").mkdir(exist_ok=True)
+            OmegaConf.save(OmegaConf.structured(c), d / ".hydra" / "config.yaml")
+            split = prepare_split(c, task, d)
+            resumes.append(ckpt.load_resume_state(d, map_location=device))
+            torch.manual_seed(c.seed)
+            model = build_model(model_config(c, task)).to(device)
+            loggers.append(given[len(loggers)] if given else
+                           open_logger(c, d, split, run_id=(resumes[-1] or {}).get("wandb_run_id")))
+            trainer = Trainer(model, task, split, build_settings(c, naming.identity(c)),
+                              loggers[-1], d, device)
+            trainer.extra_state["wandb_run_id"] = loggers[-1].run_id
+            trainers.append(trainer)
+        all_rows = SeedBatch(trainers).fit(resumes)
+        summaries = [finish(c, d, rows, lg)
+                     for c, d, rows, lg in zip(cfgs, dirs, all_rows, loggers)]
+        exit_code = 0
+        return summaries
+    finally:
+        for lg in loggers:
+            lg.close(exit_code)
+
+
+def finish(cfg: Config, run_dir: Path, rows: list[dict], logger: Logger) -> dict:
+    """Curves plot, summary (logged and printed) of a finished run."""
+    curves = plots.training_curves(rows, run_dir / "plots" / "curves.png",
+                                   title=naming.run_name(cfg))
+    logger.log_figure("plots/curves", curves)
+    summary = summarize(rows)
+    logger.summary(summary)
+    print(summary_line(summary, run_dir), flush=True)
+    return summary
 
 
 def prepare_split(cfg: Config, task: Task, run_dir: Path) -> Split:

@@ -111,12 +111,22 @@ class MLP(nn.Module):
         return self.act(x @ self.W_in + self.b_in) @ self.W_out + self.b_out
 
 
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters) whose affine part is a separate multiply and add.
+
+    torch.func.vmap computes a LayerNorm with per-seed weights exactly this way, so a model
+    trained in a seed batch (grok.train.multiseed) gets bitwise the same numbers as alone."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.normalized_shape, eps=self.eps) * self.weight + self.bias
+
+
 class Block(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.attn = Attention(cfg)
         self.mlp = MLP(cfg)
-        norm = (lambda: nn.LayerNorm(cfg.d_model)) if cfg.layer_norm else nn.Identity
+        norm = (lambda: LayerNorm(cfg.d_model)) if cfg.layer_norm else nn.Identity
         self.ln1, self.ln2 = norm(), norm()
 
 
@@ -129,7 +139,7 @@ class Transformer(nn.Module):
         self.W_E = _normal(cfg.d_vocab, cfg.d_model, fan_in=cfg.d_model)
         self.W_pos = _normal(cfg.n_ctx, cfg.d_model, fan_in=cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.ln_final = nn.LayerNorm(cfg.d_model) if cfg.layer_norm else nn.Identity()
+        self.ln_final = LayerNorm(cfg.d_model) if cfg.layer_norm else nn.Identity()
         self.W_U = _normal(cfg.d_model, cfg.n_classes, fan_in=cfg.d_model)
         # Not part of the state dict: row offsets of each position in the layer-0 table, and the
         # causal mask of the queries at positions 1..n_ctx-1 (query i + 1 must not see key j).
@@ -171,7 +181,7 @@ class Transformer(nn.Module):
                 k = torch.cat([k0_tab.index_select(0, tokens[:, 0]).view(b, 1, -1), k_rest], 1)
                 v = torch.cat([v0_table.index_select(0, tokens[:, 0]).view(b, 1, -1), v_rest], 1)
                 k, v = k.view(b, t, h, dh), v.view(b, t, h, dh)
-                q = (y[:, t - 1 - n_q:] @ _heads(attn.W_Q)).view(b, n_q, h, dh)
+                q = (y[:, t - 1 - n_q:].contiguous() @ _heads(attn.W_Q)).view(b, n_q, h, dh)
             out, pattern = attn.attend(q, k, v, None if n_q == 1 else self._future)
             x = x[:, x.shape[1] - n_q:] + out
             x = x + block.mlp(block.ln2(x))

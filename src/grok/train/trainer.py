@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,7 @@ class Trainer:
         self.eval_y = torch.cat([self.train_y, self.test_y])
         self.sampler = BatchSampler(len(split.train_idx), settings.batch_size, settings.seed,
                                     device)
-        self.optimizer = make_optimizer(model, settings, device)
+        self.optimizer = make_optimizer(model.parameters(), settings, device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda i: self.lr_factor(i + 1))
         self.eval_at = eval_steps(settings.steps, settings.eval_every, settings.checkpoint_steps)
@@ -168,19 +169,23 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Loss and accuracy on the full train and test sets (fp32, in batches of EVAL_BATCH),
-        learning rate and weight norm; one host synchronisation."""
+        """Loss and accuracy on the full train and test sets (fp32, one forward pass over both
+        in batches of EVAL_BATCH), learning rate and weight norm; one host synchronisation."""
         was_training = self.model.training
         self.model.eval()
-        losses, hits = [], []
-        for i in range(0, len(self.eval_x), EVAL_BATCH):
-            x, y = self.eval_x[i:i + EVAL_BATCH], self.eval_y[i:i + EVAL_BATCH]
-            logits = self._eval_logits(x)
-            losses.append(F.cross_entropy(logits, y, reduction="none"))
-            hits.append((logits.argmax(-1) == y).float())
+        logits = torch.cat([self._eval_logits(self.eval_x[i:i + EVAL_BATCH])
+                            for i in range(0, len(self.eval_x), EVAL_BATCH)])
         self.model.train(was_training)
-        loss, hit, n = torch.cat(losses), torch.cat(hits), len(self.train_x)
-        norm = torch.sqrt(sum((p.float() ** 2).sum() for p in self.model.parameters()))
+        return self.metric_row(logits, list(self.model.parameters()))
+
+    @torch.no_grad()
+    def metric_row(self, logits: torch.Tensor, params: list[torch.Tensor]) -> dict[str, float]:
+        """The metrics row of this step from the logits on eval_x (train rows, then test rows)
+        and the model's parameters."""
+        y, n = self.eval_y, len(self.train_x)
+        loss = F.cross_entropy(logits, y, reduction="none")
+        hit = (logits.argmax(-1) == y).float()
+        norm = torch.sqrt(sum((p.float() ** 2).sum() for p in params))
         train_loss, train_acc, test_loss, test_acc, weight_norm = torch.stack([
             loss[:n].mean(), hit[:n].mean(), loss[n:].mean(), hit[n:].mean(), norm]).tolist()
         return {
@@ -251,26 +256,32 @@ class Trainer:
         else:
             self.metrics_path.unlink(missing_ok=True)
             self._at_step_boundary(_NullBar())
-        bar = tqdm(total=self.s.steps, initial=self.step, desc="train", unit="step",
-                   dynamic_ncols=True, disable=not _progress_enabled(self.s.progress))
-        try:
-            while self.step < stop:
-                self._train_step()
-                bar.update(1)
-                self._at_step_boundary(bar)
-        finally:
-            bar.close()
-        if self.step < self.s.steps:
-            self.save_resume_state()
+        train_until(self, stop, "train")
         return read_metrics(self.metrics_path)
 
 
-def make_optimizer(model: nn.Module, s: TrainSettings, device: torch.device
+def train_until(trainer: Any, stop: int, desc: str) -> None:
+    """The loop of Trainer.fit and SeedBatch.fit: update to step `stop` with a progress bar,
+    evaluating and saving at each step boundary; save the resume state if stopped early."""
+    bar = tqdm(total=trainer.s.steps, initial=trainer.step, desc=desc, unit="step",
+               dynamic_ncols=True, disable=not _progress_enabled(trainer.s.progress))
+    try:
+        while trainer.step < stop:
+            trainer._train_step()
+            bar.update(1)
+            trainer._at_step_boundary(bar)
+    finally:
+        bar.close()
+    if trainer.step < trainer.s.steps:
+        trainer.save_resume_state()
+
+
+def make_optimizer(params: Iterable[torch.Tensor], s: TrainSettings, device: torch.device
                    ) -> torch.optim.Optimizer:
     """AdamW; fused into one kernel where torch has one (CPU, CUDA), else the foreach version.
     Both are AdamW exactly; they differ only in floating-point rounding."""
     fused = s.fused_optimizer and device.type in ("cpu", "cuda")
-    return torch.optim.AdamW(model.parameters(), lr=s.lr, betas=s.betas,
+    return torch.optim.AdamW(params, lr=s.lr, betas=s.betas,
                              weight_decay=s.weight_decay, fused=fused or None,
                              foreach=None if fused else True)
 
