@@ -206,6 +206,17 @@ def to_config(cfg: DictConfig) -> Config:
     return check(obj)
 
 
+def compose(*overrides: str) -> Config:
+    """The checked Config that `python -m grok.main <overrides>` would run, for tools that build
+    runs without the Hydra app (grok.bench)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    register_configs()
+    with initialize_config_module(config_module="grok.conf", version_base="1.3"):
+        return to_config(hydra_compose(config_name="config", overrides=list(overrides)))
+
+
 def config_dict(cfg: Config) -> dict[str, Any]:
     """The config as plain nested dicts (for W&B, the resume state and comparisons)."""
     return dataclasses.asdict(cfg)
