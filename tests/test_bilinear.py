@@ -3,10 +3,10 @@ import torch
 
 from grok.analysis import similarity as sim
 from grok.analysis.base import Probe, forward_pass
+from grok.assemble import model_config
 from grok.config import ConfigError
 from grok.data.splits import make_split
 from grok.data.tasks import build_task
-from grok.main import model_config
 from grok.model import Bilinear, build_model
 from tests.conftest import compose_config
 

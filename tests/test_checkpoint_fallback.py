@@ -115,8 +115,8 @@ def test_disk_estimate_matches_the_files_written(tmp_path, capsys):
     line = capsys.readouterr().out.splitlines()[0]
     assert line.startswith("disk: checkpoints need ")
     files = ckpt.list_checkpoints(tmp_path)
+    from grok.assemble import model_config
     from grok.data.tasks import build_task
-    from grok.main import model_config
     from grok.model import build_model
     from grok.train.schedule import checkpoint_steps
 

@@ -13,15 +13,26 @@ def config(**kw):
     return {**base, **kw}
 
 
+def layer_norm(module, x):
+    if isinstance(module, torch.nn.Identity):
+        return x
+    return F.layer_norm(x, (x.shape[-1],), module.weight, module.bias, module.eps)
+
+
+def mlp(module, x):
+    return module.act(x @ module.W_in + module.b_in) @ module.W_out + module.b_out
+
+
 def reference_forward(model, tokens):
-    """Every layer on every position, head by head, written independently of the model's
-    batched last-layer-at-`=` path. Returns logits, residuals and `=`-query patterns."""
+    """Every layer on every position, head by head, with torch's fused LayerNorm: written
+    independently of the model's tables, broadcast attention and last-layer-at-`=` path.
+    Returns logits, residuals and `=`-query patterns."""
     x = model.W_E[tokens] + model.W_pos
     t = tokens.shape[1]
     mask = torch.tril(torch.ones(t, t, dtype=torch.bool))
     residuals, patterns = [], []
     for block in model.blocks:
-        h = block.ln1(x)
+        h = layer_norm(block.ln1, x)
         out = torch.zeros_like(x)
         layer_patterns = []
         for head in range(block.attn.W_Q.shape[0]):
@@ -33,10 +44,10 @@ def reference_forward(model, tokens):
             out = out + (pattern @ v) @ block.attn.W_O[head]
             layer_patterns.append(pattern[:, -1])
         x = x + out
-        x = x + block.mlp(block.ln2(x))
+        x = x + mlp(block.mlp, layer_norm(block.ln2, x))
         residuals.append(x[:, -1])
         patterns.append(torch.stack(layer_patterns, dim=1))
-    logits = model.ln_final(x[:, -1]) @ model.W_U
+    logits = layer_norm(model.ln_final, x[:, -1]) @ model.W_U
     return logits, torch.stack(residuals), torch.stack(patterns)
 
 
@@ -45,6 +56,7 @@ def reference_forward(model, tokens):
 def test_fast_forward_equals_reference(n_layers, layer_norm, act):
     torch.manual_seed(0)
     model = build_model(config(n_layers=n_layers, layer_norm=layer_norm, act=act))
+    random_layer_norms(model)
     tokens = torch.randint(0, 11, (50, 3))
     tokens[:, 2] = 11
     out = model(tokens, return_cache=True)
@@ -54,12 +66,25 @@ def test_fast_forward_equals_reference(n_layers, layer_norm, act):
     torch.testing.assert_close(out.attention, patterns, rtol=1e-5, atol=1e-5)
 
 
-def test_gradients_equal_reference():
+def random_layer_norms(model):
+    """LayerNorm parameters away from their (1, 0) init, so that a wrong affine part shows."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "ln" in name:
+                p.copy_(torch.randn_like(p))
+
+
+@pytest.mark.parametrize("n_layers,layer_norm,act,d_vocab", [
+    (1, False, "relu", 12), (2, True, "relu", 12), (3, True, "gelu", 12),
+    (2, True, "relu", 98)])  # the last: power_2l's vocabulary with batch < vocab
+def test_gradients_equal_reference(n_layers, layer_norm, act, d_vocab):
     torch.manual_seed(1)
-    model = build_model(config())
-    tokens = torch.randint(0, 11, (40, 3))
-    tokens[:, 2] = 11
-    y = torch.randint(0, 11, (40,))
+    model = build_model(config(n_layers=n_layers, layer_norm=layer_norm, act=act,
+                               d_vocab=d_vocab, n_classes=d_vocab - 1))
+    random_layer_norms(model)
+    tokens = torch.randint(0, d_vocab - 1, (40, 3))
+    tokens[:, 2] = d_vocab - 1
+    y = torch.randint(0, d_vocab - 1, (40,))
     F.cross_entropy(model(tokens).logits, y).backward()
     fast = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
@@ -91,3 +116,23 @@ def test_named_parameters_have_analysis_shapes():
 def test_no_layer_norm_means_no_norm_parameters():
     model = build_model(config(n_layers=1, layer_norm=False))
     assert not [n for n, _ in model.named_parameters() if "ln" in n]
+
+
+def test_bf16_autocast_stays_close_to_fp32():
+    """train.precision=bf16 runs the same forward pass with bfloat16 matmuls: same function up
+    to bf16 rounding (8 bits of mantissa)."""
+    torch.manual_seed(2)
+    model = build_model(config())
+    tokens = torch.randint(0, 11, (64, 3))
+    tokens[:, 2] = 11
+    exact = model(tokens).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(tokens).logits.float()
+    assert not torch.equal(low, exact)  # the autocast really ran in bf16
+    torch.testing.assert_close(low, exact, rtol=0.05, atol=0.05)
+
+
+def test_state_dict_has_only_the_named_parameters():
+    """The tables' helper buffers stay out of checkpoints."""
+    model = build_model(config())
+    assert list(model.state_dict()) == [n for n, _ in model.named_parameters()]

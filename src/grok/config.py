@@ -24,6 +24,7 @@ ARCHS = ("transformer", "bilinear")
 ACTIVATIONS = ("relu", "gelu")
 CHECKPOINT_SPACINGS = ("log", "linear", "log+linear")
 LOGGERS = ("wandb", "csv", "none")
+PRECISIONS = ("fp32", "bf16")
 ANALYSIS_SUITES = ("none", "grokking", "trajectory", "full")
 
 
@@ -75,6 +76,9 @@ class TrainConfig:
     checkpoint_spacing: str = "log+linear"
     resume_every: int = 1000  # steps between resume-state (last.pt) saves
     progress: bool = True
+    compile: bool = False  # torch.compile the training loss and the evaluation forward pass
+    precision: str = "fp32"  # fp32 | bf16 (bfloat16 autocast for the training matmuls)
+    fused_optimizer: bool = True  # fused AdamW kernel on CPU/CUDA (else foreach)
 
 
 @dataclass
@@ -111,6 +115,9 @@ class Config:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
+    # Non-empty: train these seeds in one process as one batched model (grok.train.multiseed),
+    # each into run_dir/seed_<s>; `seed` is then ignored.
+    seeds: list[int] = field(default_factory=list)
     steps: int = 5000
     device: str = "auto"
 
@@ -193,6 +200,7 @@ def check(cfg: Config) -> Config:
     if tr.checkpoints < 0:
         _fail("train.checkpoints", tr.checkpoints, "must be >= 0")
     _one_of("train.checkpoint_spacing", tr.checkpoint_spacing, CHECKPOINT_SPACINGS)
+    _one_of("train.precision", tr.precision, PRECISIONS)
 
     check_analysis(cfg.analysis)
     _one_of("logger.backend", cfg.logger.backend, LOGGERS)
@@ -201,6 +209,8 @@ def check(cfg: Config) -> Config:
     _positive("steps", cfg.steps)
     if cfg.seed < 0:
         _fail("seed", cfg.seed, "must be >= 0")
+    if any(s < 0 for s in cfg.seeds) or len(set(cfg.seeds)) != len(cfg.seeds):
+        _fail("seeds", list(cfg.seeds), "must be distinct integers >= 0, e.g. seeds=[0,1,2,3]")
     if not (cfg.device in ("auto", "cpu", "cuda", "mps") or cfg.device.startswith("cuda:")):
         _fail("device", cfg.device, "choose auto, cpu, cuda, cuda:N or mps")
     return cfg
@@ -229,7 +239,19 @@ def to_config(cfg: DictConfig) -> Config:
     assert isinstance(obj, Config)
     obj.optim.betas = list(obj.optim.betas)
     obj.logger.tags = list(obj.logger.tags)
+    obj.seeds = list(obj.seeds)
     return check(obj)
+
+
+def compose(*overrides: str) -> Config:
+    """The checked Config that `python -m grok.main <overrides>` would run, for tools that build
+    runs without the Hydra app (grok.bench)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    register_configs()
+    with initialize_config_module(config_module="grok.conf", version_base="1.3"):
+        return to_config(hydra_compose(config_name="config", overrides=list(overrides)))
 
 
 def config_dict(cfg: Config) -> dict[str, Any]:

@@ -1,12 +1,12 @@
 """`python -m grok.main`: train, checkpoint, analyse and log one run (or one job of a sweep).
 
 run(cfg, run_dir) is the composition root: it reads top to bottom and wires task, split, model,
-logger, trainer and analyses. main() is the Hydra glue around it.
+logger, trainer and analyses (grok.assemble builds the parts). main() is the Hydra glue around it.
 """
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 import shlex
 import shutil
 import sys
@@ -16,27 +16,20 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from grok import naming, plots
 from grok.analysis.runner import analysis_lines, run_analysis, settings_from_config
-from grok.config import Config, config_dict, register_configs, to_config
-from grok.data.splits import Split, SplitError, load_split, make_split, save_split
-from grok.data.tasks import Task, build_task
+from grok.assemble import RunParts, build_run
+from grok.config import Config, register_configs, to_config
 from grok.device import resolve_device
 from grok.errors import GrokError
-from grok.model import build_model
-from grok.tracking import Logger, build_logger
+from grok.tracking import Logger
 from grok.train import checkpoint as ckpt
+from grok.train.multiseed import SeedBatch
 from grok.train.preemption import GracefulStop
 from grok.train.summary import summarize, summary_line
-from grok.train.trainer import (
-    ResumeMismatch,
-    Trainer,
-    TrainingStopped,
-    build_settings,
-    check_identity,
-)
+from grok.train.trainer import ResumeMismatch, TrainingStopped
 
 register_configs()
 
@@ -44,110 +37,72 @@ register_configs()
 def run(cfg: Config, run_dir: Path, logger: Logger | None = None,
         stop: GracefulStop | None = None) -> dict:
     """Train (or resume) one run in run_dir and return its summary. With `stop` (an entered
-    GracefulStop), a stop signal saves the resume state and raises TrainingStopped."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    GracefulStop), a stop signal saves the resume state and raises TrainingStopped. With
+    cfg.seeds, train a batch of runs in run_dir/seed_<s> (run_seeds); return the first summary."""
+    if cfg.seeds:
+        return run_seeds(cfg, run_dir, stop=stop)[0]
     device = resolve_device(cfg.device)
-    task = build_task(cfg.task.op, cfg.task.p)
-    settings = build_settings(cfg, naming.identity(cfg))
-    resume = ckpt.load_resume_state(run_dir, map_location=device)
-    if resume is not None:  # before anything is written or logged for a mismatching command
-        check_identity(resume.get("identity", {}), settings.identity, run_dir)
-        warn_if_threads_differ(resume.get("torch_threads"))
-    torch.manual_seed(cfg.seed)  # the model's initial weights are the only global-RNG draw
-    model = build_model(model_config(cfg, task)).to(device)
-    report_disk(run_dir, model, task, settings.checkpoint_steps)
-    split = prepare_split(cfg, task, run_dir)
-    logger = logger or open_logger(cfg, run_dir, split, resume or {})
+    parts = build_run(cfg, Path(run_dir), device, logger)
+    if stop is not None:
+        parts.trainer.should_stop = stop
     exit_code = 1
     try:
-        trainer = Trainer(model, task, split, settings, logger, run_dir, device)
-        trainer.extra_state["wandb_run_id"] = logger.run_id
-        trainer.extra_state["torch_threads"] = torch.get_num_threads()
-        if hasattr(logger, "history_step"):  # W&B: where a resumed fragment's rows continue
-            trainer.extra_state["wandb_step"] = lambda: logger.history_step
-        if stop is not None:
-            trainer.should_stop = stop
-        rows = trainer.fit(resume)
-        curves = plots.training_curves(rows, run_dir / "plots" / "curves.png",
-                                       title=naming.run_name(cfg))
-        logger.log_figure("plots/curves", curves)
-        summary = summarize(rows)
-        logger.summary(summary)
-        print(summary_line(summary, run_dir), flush=True)
-        analysis = run_analysis(run_dir, cfg.analysis.name, settings_from_config(cfg.analysis),
-                                device, logger, progress=cfg.train.progress)
-        for line in analysis_lines(analysis, run_dir):
-            print(line, flush=True)
+        summary = finish(cfg, parts, parts.trainer.fit(parts.resume), device)
         exit_code = 0
         return summary
     except TrainingStopped:
         exit_code = 128 + (stop.signum or 0) if stop is not None else 1
         raise
     finally:
-        logger.close(exit_code)
+        parts.logger.close(exit_code)
 
 
-def warn_if_threads_differ(saved: int | None) -> None:
-    """CPU float sums depend on the thread count: say so when a resume changes it."""
-    if saved is not None and saved != torch.get_num_threads():
-        logging.getLogger(__name__).warning(
-            "this run was saved with %d torch threads and resumes with %d: the continuation is "
-            "valid but not bit-identical to an uninterrupted run (set OMP_NUM_THREADS=%d to keep "
-            "it exact)", saved, torch.get_num_threads(), saved)
+def run_seeds(cfg: Config, run_dir: Path, loggers: list[Logger] | None = None,
+              stop: GracefulStop | None = None) -> list[dict]:
+    """Train cfg.seeds as one batched model (grok.train.multiseed), each seed into its own
+    complete run directory run_dir/seed_<s> with its own logger (W&B run); return the seeds'
+    summaries. A seed's directory is what `seed=<s>` alone would have written, .hydra/config.yaml
+    included, and can be analysed or resumed alone; resuming the batch needs every seed.
+    `loggers` (one per seed) replaces the configured logger backend, e.g. in tests."""
+    device = resolve_device(cfg.device)
+    cfgs = [dataclasses.replace(cfg, seed=s, seeds=[]) for s in cfg.seeds]
+    parts: list[RunParts] = []
+    exit_code = 1
+    try:
+        for i, c in enumerate(cfgs):
+            seed_dir = Path(run_dir) / f"seed_{c.seed}"
+            (seed_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(OmegaConf.structured(c), seed_dir / ".hydra" / "config.yaml")
+            parts.append(build_run(c, seed_dir, device, loggers[i] if loggers else None))
+        batch = SeedBatch([p.trainer for p in parts])
+        if stop is not None:
+            batch.should_stop = stop
+        all_rows = batch.fit([p.resume for p in parts])
+        summaries = [finish(c, p, rows, device) for c, p, rows in zip(cfgs, parts, all_rows)]
+        exit_code = 0
+        return summaries
+    except TrainingStopped:
+        exit_code = 128 + (stop.signum or 0) if stop is not None else 1
+        raise
+    finally:
+        for p in parts:
+            p.logger.close(exit_code)
 
 
-def report_disk(run_dir: Path, model: torch.nn.Module, task: Task, steps: list[int]) -> None:
-    """Print what the run's checkpoints will take; refuse to start if the disk cannot hold it."""
-    estimate = ckpt.estimate_disk(run_dir, model, model.config_dict(),
-                                  {"op": task.op, "p": task.p}, steps)
-    print(estimate.line(), flush=True)
-    if estimate.remaining_bytes > estimate.free_bytes:
-        raise ckpt.InsufficientDisk(
-            f"the checkpoints of this run need {estimate.remaining_bytes / 1e6:.1f} MB more but "
-            f"only {estimate.free_bytes / 1e6:.1f} MB are free where {run_dir} is; free some "
-            "space or lower train.checkpoints")
-
-
-def prepare_split(cfg: Config, task: Task, run_dir: Path) -> Split:
-    """The run's split: made and saved on a fresh run, loaded (checksum-verified) on resume."""
-    path = run_dir / "split.pt"
-    if path.exists():
-        split = load_split(path, task)
-        wanted = (cfg.split.name, cfg.split_seed)
-        if (split.name, split.seed) != wanted or split.params["train_frac"] != cfg.split.train_frac:
-            raise SplitError(f"{path} holds a {split.name} split (seed {split.seed}, "
-                             f"{split.params}) that does not match this config; "
-                             "use another run directory")
-        return split
-    split = make_split(task, cfg.split.name, cfg.split.train_frac, cfg.split_seed,
-                       cfg.split.pattern)
-    save_split(split, path)
-    return split
-
-
-def model_config(cfg: Config, task: Task) -> dict:
-    """The model's plain config: the chosen architecture with sizes derived from the task."""
-    m = cfg.model
-    if m.arch == "bilinear":
-        return {"arch": "bilinear", "d_vocab": task.vocab_size, "n_classes": task.n_classes,
-                "d_embed": m.d_model, "d_hidden": m.d_mlp}
-    return {"arch": m.arch, "d_vocab": task.vocab_size, "n_classes": task.n_classes, "n_ctx": 3,
-            "n_layers": m.n_layers, "d_model": m.d_model, "n_heads": m.n_heads,
-            "d_mlp": m.d_mlp, "act": m.act, "layer_norm": m.layer_norm}
-
-
-def open_logger(cfg: Config, run_dir: Path, split: Split, resume: dict) -> Logger:
-    """The configured logger; on resume it reopens the saved W&B run where it left off."""
-    lc = cfg.logger
-    config = {**config_dict(cfg), "derived": {"mirror_leak": split.mirror_leak,
-                                              "n_train": len(split.train_idx),
-                                              "n_test": len(split.test_idx),
-                                              "torch_threads": torch.get_num_threads()}}
-    return build_logger(lc.backend, run_dir, project=lc.project, entity=lc.entity, mode=lc.mode,
-                        config=config, group=naming.group(cfg), name=naming.run_name(cfg),
-                        tags=[cfg.task.op, cfg.split.name, cfg.model.name, *lc.tags],
-                        run_id=resume.get("wandb_run_id"), start_step=resume.get("wandb_step"))
+def finish(cfg: Config, parts: RunParts, rows: list[dict], device: torch.device) -> dict:
+    """Curves plot, summary (logged and printed) and the configured analysis of a finished run."""
+    run_dir, logger = parts.trainer.run_dir, parts.logger
+    curves = plots.training_curves(rows, run_dir / "plots" / "curves.png",
+                                   title=naming.run_name(cfg))
+    logger.log_figure("plots/curves", curves)
+    summary = summarize(rows)
+    logger.summary(summary)
+    print(summary_line(summary, run_dir), flush=True)
+    analysis = run_analysis(run_dir, cfg.analysis.name, settings_from_config(cfg.analysis),
+                            device, logger, progress=cfg.train.progress)
+    for line in analysis_lines(analysis, run_dir):
+        print(line, flush=True)
+    return summary
 
 
 def _hydra_record(run_dir: Path, keep: bool) -> None:

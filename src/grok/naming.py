@@ -9,7 +9,7 @@ from typing import Any
 from grok.config import Config, config_dict
 
 # Keys that do not change what is trained: how long, where, how it is logged or analysed.
-_RUNTIME_KEYS = ("steps", "device", "logger", "analysis")
+_RUNTIME_KEYS = ("steps", "device", "logger", "analysis", "seeds")
 
 
 def identity(cfg: Config) -> dict[str, Any]:
@@ -19,6 +19,8 @@ def identity(cfg: Config) -> dict[str, Any]:
         d.pop(key)
     train = d.pop("train")
     d["train.batch_size"] = train["batch_size"]
+    if train["precision"] != "fp32":  # only then, so fp32 runs keep their identity
+        d["train.precision"] = train["precision"]
     return {k: d[k] for k in sorted(d)}
 
 

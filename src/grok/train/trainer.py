@@ -8,7 +8,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,10 @@ class TrainSettings:
     checkpoint_steps: list[int]
     resume_every: int
     progress: bool = True
+    # Speed-ups that leave the trained function unchanged (bf16 changes the matmul precision).
+    compile: bool = False  # torch.compile the loss and the evaluation forward pass
+    precision: str = "fp32"  # "bf16": matmuls under torch.autocast(bfloat16), weights fp32
+    fused_optimizer: bool = True  # one fused AdamW kernel (else the foreach implementation)
     # Parts of the run's config that must match to resume (a different one is a different run).
     identity: dict[str, Any] = field(default_factory=dict)
 
@@ -89,6 +93,9 @@ def build_settings(cfg, identity: dict[str, Any]) -> TrainSettings:
         checkpoint_steps=checkpoint_steps(cfg.steps, tr.checkpoints, tr.checkpoint_spacing),
         resume_every=tr.resume_every,
         progress=tr.progress,
+        compile=tr.compile,
+        precision=tr.precision,
+        fused_optimizer=tr.fused_optimizer,
         identity=identity,
     )
 
@@ -108,10 +115,12 @@ class Trainer:
         tokens, labels = task.tokens().to(device), task.labels.to(device)
         self.train_x, self.train_y = tokens[split.train_idx], labels[split.train_idx]
         self.test_x, self.test_y = tokens[split.test_idx], labels[split.test_idx]
-        self.sampler = BatchSampler(len(split.train_idx), settings.batch_size, settings.seed)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr,
-                                           betas=settings.betas,
-                                           weight_decay=settings.weight_decay)
+        # Evaluation runs one forward pass over both sets, train rows first.
+        self.eval_x = torch.cat([self.train_x, self.test_x])
+        self.eval_y = torch.cat([self.train_y, self.test_y])
+        self.sampler = BatchSampler(len(split.train_idx), settings.batch_size, settings.seed,
+                                    device)
+        self.optimizer = make_optimizer(model.parameters(), settings, device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda i: self.lr_factor(i + 1))
         self.eval_at = eval_steps(settings.steps, settings.eval_every, settings.checkpoint_steps)
@@ -122,8 +131,13 @@ class Trainer:
         # Checked at every step boundary; when it returns True, fit() saves the resume state and
         # raises TrainingStopped (set by the entry point, e.g. to a signal flag).
         self.should_stop: Callable[[], bool] = lambda: False
+        self._loss = self._loss_fn
+        self._eval_logits = self._eval_logits_fn
+        if settings.compile:
+            self._loss = torch.compile(self._loss_fn)
+            self._eval_logits = torch.compile(self._eval_logits_fn)
         self.step = 0
-        self._saved_step = -1  # step of the last resume state written by this process
+        self.saved_step = -1  # step of the last resume state written by this process
         self._elapsed_before = 0.0
         self._clock = time.perf_counter()
 
@@ -158,7 +172,7 @@ class Trainer:
         os.replace(tmp, self.metrics_path)
 
     def save_resume_state(self) -> None:
-        self._saved_step = self.step
+        self.saved_step = self.step
         ckpt.save_resume_state(self.run_dir, {
             "step": self.step,
             "model": self.model.state_dict(),
@@ -171,24 +185,30 @@ class Trainer:
         })
 
     # ---------------------------------------------------------------------------- evaluate
-    @torch.no_grad()
-    def _loss_acc(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        for i in range(0, len(x), EVAL_BATCH):
-            logits = self.model(x[i:i + EVAL_BATCH]).logits.float()
-            loss_sum += F.cross_entropy(logits, y[i:i + EVAL_BATCH], reduction="sum")
-            correct += (logits.argmax(-1) == y[i:i + EVAL_BATCH]).sum()
-        return loss_sum.item() / len(x), correct.item() / len(x)
+    def _eval_logits_fn(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).logits.float()
 
+    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
+        """Loss and accuracy on the full train and test sets (fp32, one forward pass over both
+        in batches of EVAL_BATCH), learning rate and weight norm; one host synchronisation."""
         was_training = self.model.training
         self.model.eval()
-        train_loss, train_acc = self._loss_acc(self.train_x, self.train_y)
-        test_loss, test_acc = self._loss_acc(self.test_x, self.test_y)
+        logits = torch.cat([self._eval_logits(self.eval_x[i:i + EVAL_BATCH])
+                            for i in range(0, len(self.eval_x), EVAL_BATCH)])
         self.model.train(was_training)
-        with torch.no_grad():
-            norm = torch.sqrt(sum((p.float() ** 2).sum() for p in self.model.parameters()))
+        return self.metric_row(logits, list(self.model.parameters()))
+
+    @torch.no_grad()
+    def metric_row(self, logits: torch.Tensor, params: list[torch.Tensor]) -> dict[str, float]:
+        """The metrics row of this step from the logits on eval_x (train rows, then test rows)
+        and the model's parameters."""
+        y, n = self.eval_y, len(self.train_x)
+        loss = F.cross_entropy(logits, y, reduction="none")
+        hit = (logits.argmax(-1) == y).float()
+        norm = torch.sqrt(sum((p.float() ** 2).sum() for p in params))
+        train_loss, train_acc, test_loss, test_acc, weight_norm = torch.stack([
+            loss[:n].mean(), hit[:n].mean(), loss[n:].mean(), hit[n:].mean(), norm]).tolist()
         return {
             "step": self.step,
             "train/loss": train_loss,
@@ -196,7 +216,7 @@ class Trainer:
             "test/loss": test_loss,
             "test/acc": test_acc,
             "lr": self.s.lr * self.lr_factor(max(self.step, 1)),
-            "weight_norm": norm.item(),
+            "weight_norm": weight_norm,
             "time/elapsed_s": self.elapsed,
         }
 
@@ -212,10 +232,20 @@ class Trainer:
                 "run")
 
     # ------------------------------------------------------------------------------- train
+    def _loss_fn(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=self.s.precision == "bf16"):
+            logits = self.model(x).logits
+        return F.cross_entropy(logits.float(), y)
+
     def _train_step(self) -> None:
-        idx = self.sampler.batch(self.step).to(self.device)
-        logits = self.model(self.train_x[idx]).logits
-        loss = F.cross_entropy(logits, self.train_y[idx])
+        """One update, with no host synchronisation (no .item(), no copy to the CPU)."""
+        if self.sampler.full_batch:  # the batch is the training set in its own order
+            x, y = self.train_x, self.train_y
+        else:
+            idx = self.sampler.batch(self.step)
+            x, y = self.train_x[idx], self.train_y[idx]
+        loss = self._loss(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -247,21 +277,38 @@ class Trainer:
         else:
             self.metrics_path.unlink(missing_ok=True)
             self._at_step_boundary(_NullBar())
-        bar = tqdm(total=self.s.steps, initial=self.step, desc="train", unit="step",
-                   dynamic_ncols=True, disable=not _progress_enabled(self.s.progress))
-        try:
-            while self.step < stop and not self.should_stop():
-                self._train_step()
-                bar.update(1)
-                self._at_step_boundary(bar)
-        finally:
-            bar.close()
-        if self.step < self.s.steps:
-            if self._saved_step != self.step:  # keep previous.pt one save behind last.pt
-                self.save_resume_state()
-            if self.should_stop():
-                raise TrainingStopped(self.step)
+        train_until(self, stop, "train")
         return read_metrics(self.metrics_path)
+
+
+def train_until(trainer: Any, stop: int, desc: str) -> None:
+    """The loop of Trainer.fit and SeedBatch.fit: update to step `stop` with a progress bar,
+    evaluating and saving at each step boundary; save the resume state if stopped early, and
+    raise TrainingStopped if `trainer.should_stop()` asked for the stop."""
+    bar = tqdm(total=trainer.s.steps, initial=trainer.step, desc=desc, unit="step",
+               dynamic_ncols=True, disable=not _progress_enabled(trainer.s.progress))
+    try:
+        while trainer.step < stop and not trainer.should_stop():
+            trainer._train_step()
+            bar.update(1)
+            trainer._at_step_boundary(bar)
+    finally:
+        bar.close()
+    if trainer.step < trainer.s.steps:
+        if trainer.saved_step != trainer.step:  # keep previous.pt one save behind last.pt
+            trainer.save_resume_state()
+        if trainer.should_stop():
+            raise TrainingStopped(trainer.step)
+
+
+def make_optimizer(params: Iterable[torch.Tensor], s: TrainSettings, device: torch.device
+                   ) -> torch.optim.Optimizer:
+    """AdamW; fused into one kernel where torch has one (CPU, CUDA), else the foreach version.
+    Both are AdamW exactly; they differ only in floating-point rounding."""
+    fused = s.fused_optimizer and device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(params, lr=s.lr, betas=s.betas,
+                             weight_decay=s.weight_decay, fused=fused or None,
+                             foreach=None if fused else True)
 
 
 class _NullBar:

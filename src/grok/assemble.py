@@ -1,0 +1,116 @@
+"""Build the parts of one training run from its checked config (used by grok.main).
+
+build_run does, in this order, everything a run needs before its first step: the resume state is
+checked against the command before anything is written or logged, the disk the checkpoints will
+take is printed, the split is made (or loaded on resume), the logger is opened (reopening the
+saved W&B run on resume) and the trainer is wired.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from grok import naming
+from grok.config import Config, config_dict
+from grok.data.splits import Split, SplitError, load_split, make_split, save_split
+from grok.data.tasks import Task, build_task
+from grok.model import build_model
+from grok.tracking import Logger, build_logger
+from grok.train import checkpoint as ckpt
+from grok.train.trainer import Trainer, build_settings, check_identity
+
+
+@dataclass
+class RunParts:
+    trainer: Trainer
+    logger: Logger
+    resume: dict | None  # the contents of last.pt when resuming
+
+
+def build_run(cfg: Config, run_dir: Path, device: torch.device,
+              logger: Logger | None = None) -> RunParts:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    task = build_task(cfg.task.op, cfg.task.p)
+    settings = build_settings(cfg, naming.identity(cfg))
+    resume = ckpt.load_resume_state(run_dir, map_location=device)
+    if resume is not None:
+        check_identity(resume.get("identity", {}), settings.identity, run_dir)
+        warn_if_threads_differ(resume.get("torch_threads"))
+    torch.manual_seed(cfg.seed)  # the model's initial weights are the only global-RNG draw
+    model = build_model(model_config(cfg, task)).to(device)
+    report_disk(run_dir, model, task, settings.checkpoint_steps)
+    split = prepare_split(cfg, task, run_dir)
+    logger = logger or open_logger(cfg, run_dir, split, resume or {})
+    trainer = Trainer(model, task, split, settings, logger, run_dir, device)
+    trainer.extra_state["wandb_run_id"] = logger.run_id
+    trainer.extra_state["torch_threads"] = torch.get_num_threads()
+    if hasattr(logger, "history_step"):  # W&B: where a resumed fragment's rows continue
+        trainer.extra_state["wandb_step"] = lambda: logger.history_step
+    return RunParts(trainer, logger, resume)
+
+
+def warn_if_threads_differ(saved: int | None) -> None:
+    """CPU float sums depend on the thread count: say so when a resume changes it."""
+    if saved is not None and saved != torch.get_num_threads():
+        logging.getLogger(__name__).warning(
+            "this run was saved with %d torch threads and resumes with %d: the continuation is "
+            "valid but not bit-identical to an uninterrupted run (set OMP_NUM_THREADS=%d to keep "
+            "it exact)", saved, torch.get_num_threads(), saved)
+
+
+def report_disk(run_dir: Path, model: torch.nn.Module, task: Task, steps: list[int]) -> None:
+    """Print what the run's checkpoints will take; refuse to start if the disk cannot hold it."""
+    estimate = ckpt.estimate_disk(run_dir, model, model.config_dict(),
+                                  {"op": task.op, "p": task.p}, steps)
+    print(estimate.line(), flush=True)
+    if estimate.remaining_bytes > estimate.free_bytes:
+        raise ckpt.InsufficientDisk(
+            f"the checkpoints of this run need {estimate.remaining_bytes / 1e6:.1f} MB more but "
+            f"only {estimate.free_bytes / 1e6:.1f} MB are free where {run_dir} is; free some "
+            "space or lower train.checkpoints")
+
+
+def prepare_split(cfg: Config, task: Task, run_dir: Path) -> Split:
+    """The run's split: made and saved on a fresh run, loaded (checksum-verified) on resume."""
+    path = run_dir / "split.pt"
+    if path.exists():
+        split = load_split(path, task)
+        wanted = (cfg.split.name, cfg.split_seed)
+        if (split.name, split.seed) != wanted or split.params["train_frac"] != cfg.split.train_frac:
+            raise SplitError(f"{path} holds a {split.name} split (seed {split.seed}, "
+                             f"{split.params}) that does not match this config; "
+                             "use another run directory")
+        return split
+    split = make_split(task, cfg.split.name, cfg.split.train_frac, cfg.split_seed,
+                       cfg.split.pattern)
+    save_split(split, path)
+    return split
+
+
+def model_config(cfg: Config, task: Task) -> dict:
+    """The model's plain config: the chosen architecture with sizes derived from the task."""
+    m = cfg.model
+    if m.arch == "bilinear":
+        return {"arch": "bilinear", "d_vocab": task.vocab_size, "n_classes": task.n_classes,
+                "d_embed": m.d_model, "d_hidden": m.d_mlp}
+    return {"arch": m.arch, "d_vocab": task.vocab_size, "n_classes": task.n_classes, "n_ctx": 3,
+            "n_layers": m.n_layers, "d_model": m.d_model, "n_heads": m.n_heads,
+            "d_mlp": m.d_mlp, "act": m.act, "layer_norm": m.layer_norm}
+
+
+def open_logger(cfg: Config, run_dir: Path, split: Split, resume: dict) -> Logger:
+    """The configured logger; on resume it reopens the saved W&B run where it left off."""
+    lc = cfg.logger
+    config = {**config_dict(cfg), "derived": {"mirror_leak": split.mirror_leak,
+                                              "n_train": len(split.train_idx),
+                                              "n_test": len(split.test_idx),
+                                              "torch_threads": torch.get_num_threads()}}
+    return build_logger(lc.backend, run_dir, project=lc.project, entity=lc.entity, mode=lc.mode,
+                        config=config, group=naming.group(cfg), name=naming.run_name(cfg),
+                        tags=[cfg.task.op, cfg.split.name, cfg.model.name, *lc.tags],
+                        run_id=resume.get("wandb_run_id"), start_step=resume.get("wandb_step"))

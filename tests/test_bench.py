@@ -1,0 +1,41 @@
+"""`python -m grok.bench --quick`: every section runs and reports its figures (not timed)."""
+
+import json
+
+import torch
+
+from grok.bench import PlainStep, build_trainer, main
+from grok.config import compose
+
+
+def test_quick_bench_reports_every_section(tmp_path, capsys):
+    assert main(["--quick", "--json", str(tmp_path / "bench.json")]) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    out = capsys.readouterr().out
+    assert "power_2l step" in out and json.loads(out[out.index("\n{") + 1:]) == result
+    assert {"mode", "machine", "peak", "step", "eval", "default", "long", "seeds",
+            "analysis"} <= set(result)
+    assert result["peak"]["fp32_gflops"] > 0
+    for name in ("power_2l", "nanda_1l"):
+        step = result["step"][name]
+        for key in ("steps_per_s", "gflop_per_step", "gflops", "fraction_of_peak",
+                    "plain_steps_per_s", "speedup_vs_plain", "bf16_steps_per_s"):
+            assert step[key] > 0, (name, key)
+        # the fast step skips work the plain step does
+        assert step["gflop_per_step"] < step["plain_gflop_per_step"]
+    assert result["eval"]["eval_s"] > 0 and result["eval"]["default_evals"] > 1
+    assert result["default"]["steps"] == 200 and result["default"]["process_wall_s"] > 0
+    assert result["long"]["steps"] == 400_000 and result["long"]["projected_h"] > 0
+    assert set(result["seeds"]) == {"single_trainer_steps_per_s", "K=1", "K=2"}
+    assert result["analysis"]["forward"]["checkpoints"] == 3
+
+
+def test_bench_plain_step_trains_the_same_function(tmp_path):
+    """The baseline the speed-up is measured against computes the model's own logits."""
+    trainer = build_trainer(compose("task.p=11", "model.d_model=32", "model.d_mlp=64"),
+                            tmp_path, torch.device("cpu"))
+    plain = PlainStep(trainer)
+    torch.testing.assert_close(plain.logits(trainer.train_x), trainer.model(trainer.train_x).logits,
+                               rtol=1e-5, atol=1e-5)
+    loss = plain()
+    assert loss > 0 and plain.step == 1

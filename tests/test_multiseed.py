@@ -1,0 +1,108 @@
+"""K seeds trained as one batched model must leave exactly what K separate runs leave."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from grok.config import ConfigError
+from grok.main import run, run_seeds
+from grok.tracking import InMemoryLogger
+from grok.train import checkpoint as ckpt
+from grok.train.multiseed import SeedBatch
+from tests.conftest import run_cli, tiny_config
+from tests.test_trainer import make_trainer, without_time
+from tests.wandb_records import offline_runs, read_records, run_record
+
+SEEDS = (0, 2)
+
+
+def rows(run_dir):
+    return without_time([json.loads(line) for line in (run_dir / "metrics.jsonl").open()])
+
+
+def assert_same_run_directory(a, b):
+    """Same metrics (but wall time), same checkpoints, same resume state, bit for bit."""
+    assert rows(a) == rows(b)
+    steps = [s for s, _ in ckpt.list_checkpoints(a)]
+    assert steps == [s for s, _ in ckpt.list_checkpoints(b)] and steps
+    for step in steps:
+        wa = ckpt.load_checkpoint(ckpt.checkpoint_path(a, step))["model_state"]
+        wb = ckpt.load_checkpoint(ckpt.checkpoint_path(b, step))["model_state"]
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), step
+    ra, rb = ckpt.load_resume_state(a), ckpt.load_resume_state(b)
+    assert ra["step"] == rb["step"] and ra["scheduler"] == rb["scheduler"]
+    assert all(torch.equal(ra["model"][k], rb["model"][k]) for k in rb["model"])
+    sa, sb = ra["optimizer"]["state"], rb["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[i][key], sb[i][key]) for i in sb for key in sb[i])
+
+
+@pytest.mark.parametrize("batch", ["8", "full"])
+def test_seed_batch_equals_separate_runs(tmp_path, batch):
+    over = ("task.p=11", f"train.batch_size={batch}")
+    summaries = run_seeds(tiny_config(*over, "seeds=[0,2]"), tmp_path / "batch",
+                          [InMemoryLogger() for _ in SEEDS])
+    for seed, summary in zip(SEEDS, summaries):
+        alone = run(tiny_config(*over, f"seed={seed}"), tmp_path / f"alone_{seed}",
+                    InMemoryLogger())
+        assert_same_run_directory(tmp_path / "batch" / f"seed_{seed}", tmp_path / f"alone_{seed}")
+        assert {k: v for k, v in summary.items() if not k.startswith("time/")} == \
+            {k: v for k, v in alone.items() if not k.startswith("time/")}
+    saved = yaml.safe_load((tmp_path / "batch" / "seed_2" / ".hydra" / "config.yaml").read_text())
+    assert saved["seed"] == 2 and saved["seeds"] == [] and saved["task"]["p"] == 11
+
+
+def test_seed_batch_resumes_exactly(tmp_path):
+    cfgs = [tiny_config("task.p=11", "train.batch_size=8", f"seed={s}") for s in SEEDS]
+    SeedBatch([make_trainer(c, tmp_path / "a" / str(i)) for i, c in enumerate(cfgs)]).fit(
+        [None] * len(cfgs))
+    SeedBatch([make_trainer(c, tmp_path / "b" / str(i)) for i, c in enumerate(cfgs)]).fit(
+        [None] * len(cfgs), until=20)
+    trainers = [make_trainer(c, tmp_path / "b" / str(i)) for i, c in enumerate(cfgs)]
+    SeedBatch(trainers).fit([ckpt.load_resume_state(t.run_dir) for t in trainers])
+    for i in range(len(cfgs)):
+        assert_same_run_directory(tmp_path / "a" / str(i), tmp_path / "b" / str(i))
+
+
+def test_a_seed_of_a_batch_continues_alone(tmp_path):
+    run_seeds(tiny_config("steps=20", "seeds=[3,4]"), tmp_path / "batch",
+              [InMemoryLogger(), InMemoryLogger()])
+    run(tiny_config("steps=40", "seed=4"), tmp_path / "batch" / "seed_4", InMemoryLogger())
+    run(tiny_config("steps=20", "seed=4"), tmp_path / "alone", InMemoryLogger())  # the same
+    run(tiny_config("steps=40", "seed=4"), tmp_path / "alone", InMemoryLogger())  # extension
+    assert_same_run_directory(tmp_path / "batch" / "seed_4", tmp_path / "alone")
+
+
+def test_resuming_a_batch_needs_every_seed(tmp_path):
+    cfgs = [tiny_config(f"seed={s}", "steps=20") for s in SEEDS[:2]]
+    SeedBatch([make_trainer(c, tmp_path / str(i)) for i, c in enumerate(cfgs)]).fit([None, None])
+    trainers = [make_trainer(c, tmp_path / str(i)) for i, c in enumerate(cfgs)]
+    with pytest.raises(Exception, match="no resume state"):
+        SeedBatch(trainers).fit([ckpt.load_resume_state(tmp_path / "0"), None])
+
+
+@pytest.mark.parametrize("seeds", ["seeds=[1,1]", "seeds=[-1,2]"])
+def test_bad_seed_lists_are_refused(seeds):
+    with pytest.raises(ConfigError, match="seeds"):
+        tiny_config(seeds)
+
+
+def test_cli_seed_batch_gives_each_seed_a_run_directory_and_wandb_run(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli("task.p=7", "steps=20", "train.eval_every=10", "seeds=[0,5]",
+                     f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("done: train acc") == 2
+    metas = []
+    for seed in (0, 5):
+        seed_dir = run_dir / f"seed_{seed}"
+        assert (seed_dir / "plots" / "curves.png").is_file()
+        assert json.loads((seed_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 20
+        [wb] = offline_runs(seed_dir)
+        metas.append(run_record(read_records(wb)))
+        assert metas[-1]["config"]["update"]["seed"] == seed
+    assert metas[0]["run_id"] != metas[1]["run_id"]
+    assert metas[0]["run_group"] == metas[1]["run_group"]
+    assert metas[1]["display_name"].endswith("-s5")

@@ -1,0 +1,77 @@
+"""Each optional speed-up trains the same function: exactly where the maths is identical (thread
+count), within rounding where only the order of floating-point operations changes (fused AdamW,
+torch.compile), within bf16 rounding for train.precision=bf16."""
+
+import pytest
+import torch
+
+from grok.naming import identity
+from grok.train.trainer import make_optimizer
+from tests.conftest import tiny_config
+from tests.test_trainer import make_trainer, without_time
+
+SMALL = ("task.p=13", "model.d_model=32", "model.d_mlp=64", "train.batch_size=32", "steps=30")
+
+
+def fit(tmp_path, name, *overrides, n_threads=None):
+    before = torch.get_num_threads()
+    if n_threads:
+        torch.set_num_threads(n_threads)
+    try:
+        return without_time(make_trainer(tiny_config(*SMALL, *overrides), tmp_path / name).fit())
+    finally:
+        torch.set_num_threads(before)
+
+
+def assert_rows_close(a, b, rtol, atol):
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        for key in ra:
+            assert ra[key] == pytest.approx(rb[key], rel=rtol, abs=atol), (ra["step"], key)
+
+
+def test_thread_count_does_not_change_the_run(tmp_path):
+    assert fit(tmp_path, "one", n_threads=1) == fit(tmp_path, "two", n_threads=2)
+
+
+def test_fused_adamw_steps_equal_foreach_within_rounding():
+    settings = make_trainer(tiny_config(), "unused").s
+    torch.manual_seed(0)
+    start = [torch.randn(64, 33), torch.randn(7)]
+    grads = [[torch.randn_like(p) for p in start] for _ in range(20)]
+    results = []
+    for fused in (True, False):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        settings.fused_optimizer = fused
+        opt = make_optimizer(params, settings, torch.device("cpu"))
+        assert opt.defaults["fused"] is (True if fused else None)
+        for g in grads:
+            for p, gp in zip(params, g):
+                p.grad = gp.clone()
+            opt.step()
+        results.append(params)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_fused_and_foreach_runs_agree(tmp_path):
+    assert_rows_close(fit(tmp_path, "fused"), fit(tmp_path, "foreach",
+                                                  "train.fused_optimizer=false"),
+                      rtol=1e-3, atol=1e-4)
+
+
+def test_bf16_run_follows_the_fp32_run(tmp_path):
+    fp32, bf16 = fit(tmp_path, "fp32"), fit(tmp_path, "bf16", "train.precision=bf16")
+    assert fp32 != bf16
+    assert_rows_close(fp32, bf16, rtol=0.05, atol=0.02)
+
+
+def test_bf16_is_part_of_the_run_identity_and_fp32_identity_is_unchanged():
+    assert "train.precision" not in identity(tiny_config())
+    assert identity(tiny_config("train.precision=bf16"))["train.precision"] == "bf16"
+
+
+@pytest.mark.slow
+def test_compiled_run_matches_eager(tmp_path):
+    assert_rows_close(fit(tmp_path, "eager"), fit(tmp_path, "compiled", "train.compile=true"),
+                      rtol=1e-3, atol=1e-4)
