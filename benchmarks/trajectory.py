@@ -36,8 +36,11 @@ def train(run_dir: Path, p: int, n: int, model: str) -> None:
     run(check(cfg), run_dir)
 
 
-def analyse(run_dir: Path, p: int, n: int, block_size: int | None) -> dict:
+def analyse(run_dir: Path, p: int, n: int, block_size: int | None, threads: int | None) -> dict:
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
     from grok.analysis.trajectory import run_trajectory_suite
     from grok.data.splits import load_split
@@ -59,19 +62,21 @@ def analyse(run_dir: Path, p: int, n: int, block_size: int | None) -> dict:
             "torch_threads": torch.get_num_threads()}
 
 
-def child(args: argparse.Namespace, mode: str) -> tuple[str, int]:
-    """Run this script in `mode` as a fresh process; (stdout, peak RSS in MB)."""
+def child(args: argparse.Namespace, mode: str) -> tuple[str, int, float]:
+    """Run this script in `mode` as a fresh process; (stdout, peak RSS in MB, CPU seconds)."""
     cmd = [sys.executable, __file__, f"--{mode}", "--run-dir", str(args.run_dir), "--p",
            str(args.p), "--checkpoints", str(args.checkpoints), "--model", args.model]
     if args.block_size:
         cmd += ["--block-size", str(args.block_size)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise SystemExit(f"{mode} child failed with exit code {proc.returncode}")
-    return out, usage.ru_maxrss // 1024  # Linux reports kilobytes
+    return out, usage.ru_maxrss // 1024, usage.ru_utime + usage.ru_stime  # maxrss: kilobytes
 
 
 def main() -> None:
@@ -81,6 +86,9 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=int, default=200)
     parser.add_argument("--model", default="power_2l", choices=["power_2l", "bilinear"])
     parser.add_argument("--block-size", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for the suite (default: torch's choice); with 1, "
+                             "cpu_s measures the work even on a busy machine")
     parser.add_argument("--train", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--analyse", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -89,7 +97,8 @@ def main() -> None:
               else "bilinear")
         return
     if args.analyse:
-        print(json.dumps(analyse(args.run_dir, args.p, args.checkpoints, args.block_size)))
+        print(json.dumps(analyse(args.run_dir, args.p, args.checkpoints, args.block_size,
+                                 args.threads)))
         return
 
     from grok.train.checkpoint import list_checkpoints
@@ -99,13 +108,13 @@ def main() -> None:
               f"{args.run_dir} ...", file=sys.stderr)
         child(args, "train")
     load_before = os.getloadavg()[0]
-    out, peak_mb = child(args, "analyse")
+    out, peak_mb, cpu_s = child(args, "analyse")
     result = json.loads(out.strip().splitlines()[-1])
     forward_per = result["timing_s"]["forward"] / result["n_checkpoints"]
     n, block = result["n_checkpoints"], result["block_size"]
     k = -(-n // block)
     result.update(
-        peak_rss_mb=peak_mb, model=args.model, p=args.p,
+        peak_rss_mb=peak_mb, cpu_s=cpu_s, model=args.model, p=args.p,
         load_average=[load_before, os.getloadavg()[0]],
         forward_s_per_checkpoint=forward_per,
         store_read_s_per_checkpoint=(result["timing_s"]["block_loads"]

@@ -8,7 +8,8 @@ from grok.config import ConfigError
 from grok.data.splits import make_split
 from grok.data.tasks import build_task
 from grok.model import Bilinear, build_model
-from tests.conftest import compose_config
+from grok.train.checkpoint import list_checkpoints, load_checkpoint
+from tests.conftest import compose_config, run_cli
 
 CONFIG = {"arch": "bilinear", "d_vocab": 8, "n_classes": 7, "d_embed": 5, "d_hidden": 6}
 
@@ -80,3 +81,14 @@ def test_model_bilinear_composes_and_maps_sizes():
                      "d_hidden": 24}
     with pytest.raises(ConfigError, match="model.n_layers=2"):
         compose_config("model=bilinear", "model.n_layers=2")
+
+
+def test_cli_trains_the_bilinear_model(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli("model=bilinear", "task.p=7", "steps=20", "train.eval_every=10",
+                     "logger=none", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    step, path = list_checkpoints(run_dir)[-1]
+    saved = load_checkpoint(path)
+    assert step == 20 and saved["model_config"]["arch"] == "bilinear"
+    assert set(saved["model_state"]) == {"W_E", "W_L", "W_R", "W_U"}

@@ -177,7 +177,7 @@ def test_summary_phases_and_before_after_generalisation_by_hand():
 
 
 def test_bilinear_run_also_gets_the_exact_weight_tensor_similarity(tmp_path):
-    task, split, checkpoints, metrics = train_tiny(tmp_path, "model=bilinear", "model.n_layers=1")
+    task, split, checkpoints, metrics = train_tiny(tmp_path, "model=bilinear")
     summary = traj.run_trajectory_suite(tmp_path, task, split, checkpoints, metrics, device=CPU,
                                    t_grok=None, logger=InMemoryLogger(), progress=False,
                                    block_size=2)

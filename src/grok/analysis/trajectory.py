@@ -87,6 +87,7 @@ def extract_features(checkpoints: list[tuple[int, Path]], probe: Probe, store: F
     """One forward pass per checkpoint; features go to `store`. Returns per-checkpoint
     statistics the JS divergence needs (sum p log p and total mass, float64)."""
     neg_entropy, mass = [], []
+    bilinear = None
     bar = tqdm(checkpoints, desc="trajectory: checkpoints", unit="ckpt",
                disable=not _progress_enabled(progress))
     for step, path in bar:
@@ -100,10 +101,13 @@ def extract_features(checkpoints: list[tuple[int, Path]], probe: Probe, store: F
         mass.append(m)
         store.append("logits", logits)
         store.append("reps", sim.centre_inputs(fp.residuals[-1].float()).T)  # (d, n)
-        if hasattr(model, "interaction_factors"):
+        if bilinear is None:
+            bilinear = hasattr(model, "interaction_factors")
+        if bilinear != hasattr(model, "interaction_factors"):
+            raise TrajectoryError(f"{path} has another architecture than the earlier "
+                                  "checkpoints; analyse one run at a time")
+        if bilinear:
             store.append("tensor", sim.interaction_features(model.interaction_factors()))
-        elif "tensor" in store.shapes:
-            raise TrajectoryError(f"{path} is not a bilinear model but earlier checkpoints are")
         del fp, model
     return {"neg_entropy": np.array(neg_entropy), "mass": np.array(mass)}
 
