@@ -151,6 +151,7 @@ def test_kill_9_at_random_moments_many_times(tmp_path, reference):
     faults.assert_same_training(timed, reference)
 
 
+@pytest.mark.slow
 def test_the_same_command_started_twice_is_refused_while_the_first_trains(tmp_path):
     run_dir = tmp_path / "run"
     command = (*TRAIN, "steps=2000", "logger=none", f"hydra.run.dir={run_dir}")
