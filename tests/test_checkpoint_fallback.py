@@ -91,14 +91,13 @@ def test_fresh_directory_has_no_resume_state_and_stale_temporaries_go(tmp_path):
     assert not stale.exists() and keep.exists()
 
 
-@pytest.mark.parametrize("damage", [truncate, flip_tensor_byte])
-def test_training_continued_from_the_fallback_equals_an_uninterrupted_run(tmp_path, damage):
+def test_training_continued_from_the_fallback_equals_an_uninterrupted_run(tmp_path):
     cfg = tiny_config("steps=40", "train.resume_every=10")
     straight = make_trainer(cfg, tmp_path / "a")
     rows_straight = straight.fit()
 
     make_trainer(cfg, tmp_path / "b").fit(until=30)  # last.pt at 30, previous.pt at 20
-    damage(ckpt.resume_path(tmp_path / "b"))
+    flip_tensor_byte(ckpt.resume_path(tmp_path / "b"))
     state = ckpt.load_resume_state(tmp_path / "b")
     assert state["step"] == 20
     resumed = make_trainer(cfg, tmp_path / "b")
