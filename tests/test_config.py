@@ -33,7 +33,7 @@ def test_headline_command_composes():
 def test_defaults():
     cfg = compose_config()
     assert (cfg.task.op, cfg.task.p, cfg.split.name, cfg.split.train_frac) == ("add", 97,
-                                                                              "random", 0.5)
+                                                                              "random", 0.8)
     assert cfg.model.name == "power_2l" and cfg.optim.weight_decay == 1.0
     assert cfg.optim.betas == [0.9, 0.98] and cfg.optim.warmup_steps == 10
 

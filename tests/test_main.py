@@ -42,7 +42,7 @@ def test_cli_run_logs_an_offline_wandb_run(tmp_path):
     [wb] = offline_runs(run_dir)
     records = read_records(wb)
     meta = run_record(records)
-    assert meta["display_name"].endswith("-s3") and meta["run_group"].startswith("add11-random0.5")
+    assert meta["display_name"].endswith("-s3") and meta["run_group"].startswith("add11-random0.8")
     assert "add" in meta["tags"]
     config = meta["config"]["update"]
     assert config["task"]["p"] == 11 and config["seed"] == 3
