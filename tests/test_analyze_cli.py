@@ -47,8 +47,8 @@ def test_cli_post_hoc_analysis_with_forced_t_grok_logs_an_analysis_wandb_run(cli
     logged = [h for h in history(records) if "rank/final" in h]
     assert [h["step"] for h in logged] == report["checkpoint_steps"]
     assert [h["rank/final"] for h in logged] == pytest.approx(report["final_layer_rank"])
-    assert meta["run_group"].startswith("add7-random0.5-power_2l-")
-    assert meta["display_name"] == "add7-random0.5-power_2l-s0-analysis"
+    assert meta["run_group"].startswith("add7-random0.8-power_2l-")
+    assert meta["display_name"] == "add7-random0.8-power_2l-s0-analysis"
 
     missing = run_cli(f"run_dir={tmp_path / 'nope'}", cwd=tmp_path, module="grok.analyze")
     assert missing.returncode == 1 and "Traceback" not in missing.stderr

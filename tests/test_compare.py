@@ -72,12 +72,12 @@ def test_default_labels_keep_different_configurations_apart():
     a, b = tiny_config(), tiny_config("seed=1")
     c, d = tiny_config("split=structured"), tiny_config("optim.lr=0.01")
     labels = default_labels([a, b, c], [None] * 3)
-    assert labels[0] == labels[1] == "add7-random0.5-power_2l"
+    assert labels[0] == labels[1] == "add7-random0.8-power_2l"
     assert labels[2] == "add7-structured-block0.5-power_2l"
     assert default_baseline(labels, [a, b, c]) == labels[0]
     assert default_baseline(labels[2:], [c]) == labels[2]  # no random split: the first
     both = default_labels([a, d], [None] * 2)  # same variant, other lr: the W&B groups
-    assert both[0] != both[1] and both[0].startswith("add7-random0.5-power_2l-")
+    assert both[0] != both[1] and both[0].startswith("add7-random0.8-power_2l-")
 
 
 @pytest.fixture
@@ -126,7 +126,7 @@ def test_compare_a_sweep_analyses_missing_runs(two_runs, tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("analysing") == 2
     # labels from the recorded configs; the random split is the default baseline
-    assert "baseline: add7-random0.5-power_2l" in out
+    assert "baseline: add7-random0.8-power_2l" in out
     assert "add7-structured-block0.5-power_2l" in out
     assert (two_runs[1] / "analysis" / "post_analysis.json").is_file()
     assert (tmp_path / "out" / "variants.csv").is_file()
@@ -153,4 +153,4 @@ def test_compare_opens_a_wandb_run_of_job_type_compare(tiny_runs, tmp_path, monk
     compare_runs(cfg, tmp_path / "out")
     assert opened["backend"] == "wandb" and opened["job_type"] == "compare"
     assert opened["group"] == "compare" and opened["run_dir"] == tmp_path / "out"
-    assert opened["config"]["baseline"] == "add7-random0.5-power_2l"
+    assert opened["config"]["baseline"] == "add7-random0.8-power_2l"

@@ -29,6 +29,15 @@ def reference(tmp_path_factory):
     return run_dir
 
 
+@pytest.fixture(scope="module")
+def baseline_reference(tmp_path_factory):
+    """The uninterrupted run of the v1_baseline preset (its own split fraction) with TRAIN."""
+    run_dir = tmp_path_factory.mktemp("baseline_reference") / "run"
+    run(compose_config("experiment=v1_baseline", *TRAIN, "logger=none"), run_dir,
+        logger=NullLogger())
+    return run_dir
+
+
 def test_kill_9_anywhere_then_the_same_command_finishes_the_same_run(tmp_path, reference):
     run_dir = tmp_path / "run"
     command = (*TRAIN, "logger=none", f"hydra.run.dir={run_dir}")
@@ -71,7 +80,8 @@ def merged_history(run_dir):
     return [rows[k] for k in sorted(rows)], run_ids, len(fragments)
 
 
-def test_sigterm_and_ctrl_c_stop_cleanly_and_resume_into_the_same_wandb_run(tmp_path, reference):
+def test_sigterm_and_ctrl_c_stop_cleanly_and_resume_into_the_same_wandb_run(tmp_path,
+                                                                          baseline_reference):
     """With a preset, rerunning the very same command continues the run: its directory depends
     only on the preset and the seed."""
     run_dir = tmp_path / "outputs" / "v1_baseline" / "s0"
@@ -96,13 +106,13 @@ def test_sigterm_and_ctrl_c_stop_cleanly_and_resume_into_the_same_wandb_run(tmp_
         assert ckpt.load_resume_state(run_dir)["step"] == step >= target
         stops.append(step)
     faults.finish(faults.start(*command, cwd=tmp_path))
-    faults.assert_same_training(run_dir, reference)
+    faults.assert_same_training(run_dir, baseline_reference)
 
     history, run_ids, n_fragments = merged_history(run_dir)
     assert n_fragments == 3 and len(run_ids) == 1
     assert run_ids == {ckpt.load_resume_state(run_dir)["wandb_run_id"]}
     logged = [(h["step"], h["test/acc"], h["train/loss"]) for h in history if "test/acc" in h]
-    rows = faults.read_rows(reference)
+    rows = faults.read_rows(baseline_reference)
     assert logged == [(r["step"], r["test/acc"], r["train/loss"]) for r in rows]
 
 

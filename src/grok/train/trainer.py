@@ -205,10 +205,12 @@ class Trainer:
         and the model's parameters."""
         y, n = self.eval_y, len(self.train_x)
         loss = F.cross_entropy(logits, y, reduction="none")
-        hit = (logits.argmax(-1) == y).float()
+        # float64 for the hits: their mean is then exactly correct / n, as a count would give
+        hit = (logits.argmax(-1) == y).double()
         norm = torch.sqrt(sum((p.float() ** 2).sum() for p in params))
         train_loss, train_acc, test_loss, test_acc, weight_norm = torch.stack([
-            loss[:n].mean(), hit[:n].mean(), loss[n:].mean(), hit[n:].mean(), norm]).tolist()
+            loss[:n].mean().double(), hit[:n].mean(), loss[n:].mean().double(), hit[n:].mean(),
+            norm.double()]).tolist()
         return {
             "step": self.step,
             "train/loss": train_loss,
