@@ -9,13 +9,14 @@ import torch
 from grok.analysis import similarity as sim
 from grok.analysis import trajectory as traj
 from grok.analysis.base import Probe
+from grok.config import ConfigError
 from grok.data.splits import load_split
 from grok.data.tasks import build_task
 from grok.main import run
 from grok.model import build_model
 from grok.tracking import InMemoryLogger
 from grok.train.checkpoint import list_checkpoints
-from tests.conftest import tiny_config
+from tests.conftest import compose_config, tiny_config
 
 CPU = torch.device("cpu")
 
@@ -226,7 +227,14 @@ def test_too_little_temporary_space_is_a_clear_error_before_the_long_loop(tiny_r
     store = traj.FeatureStore()
     try:
         with pytest.raises(traj.TrajectoryError, match="point TMPDIR at a larger disk"):
-            traj.extract_features(checkpoints, traj.Probe.full(task, split), store, CPU, False)
+            traj.extract_features(checkpoints, Probe.full(task, split), store, CPU, False)
         assert len(np.fromfile(store.folder / "logits.f32", dtype=np.float32)) == 49 * 7
     finally:
         store.close()
+
+
+def test_analysis_trajectory_and_full_compose_and_check_the_block_size():
+    assert compose_config("analysis=trajectory").analysis.block_size is None
+    assert compose_config("analysis=full", "analysis.block_size=16").analysis.block_size == 16
+    with pytest.raises(ConfigError, match="analysis.block_size=0"):
+        compose_config("analysis=trajectory", "analysis.block_size=0")
