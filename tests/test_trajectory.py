@@ -209,14 +209,16 @@ def test_no_checkpoints_is_a_clear_error(tmp_path):
 
 def test_a_single_checkpoint_gives_one_by_one_matrices_and_empty_curves(tiny_run, tmp_path):
     _, task, split, checkpoints, metrics = tiny_run
+    logger = InMemoryLogger()
     summary = traj.run_trajectory_suite(tmp_path, task, split, checkpoints[-1:], metrics,
-                                        device=CPU, t_grok=None, logger=InMemoryLogger(),
-                                        progress=False)
+                                        device=CPU, t_grok=None, logger=logger, progress=False)
     tn = np.load(tmp_path / "analysis" / "trajectory" / "tn_similarity.npy")
     assert tn.shape == (1, 1) and tn[0, 0] == pytest.approx(1.0)
     assert summary["metrics"]["js_divergence"]["consecutive"] == []
     assert summary["metrics"]["js_divergence"]["mean"] is None
     assert all(r is None for r in summary["correlations"].values())
+    assert None not in logger.summary_values.values()
+    assert "trajectory/corr_tn_similarity_vs_act_similarity" not in logger.summary_values
     assert (tmp_path / "plots" / "trajectory_heatmaps.png").is_file()
 
 

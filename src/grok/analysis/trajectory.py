@@ -300,7 +300,8 @@ def run_trajectory_suite(run_dir: Path, task: Task, split: Split,
                            "plots": time.perf_counter() - clock - forward_s - matrices_s}
     summary["checkpoints_loaded_from_store"] = loads["loaded"]
     _write_json(summary, out_dir / "summary.json")
-    logger.summary(_json_safe(summary_scalars(summary)))
+    logger.summary({k: v for k, v in _json_safe(summary_scalars(summary)).items()
+                    if v is not None})
     return summary
 
 
