@@ -320,7 +320,8 @@ def trajectory_scatter(matrices: dict, correlations: dict, path: Path) -> Path:
     upper = np.triu_indices(n, 1)
     fig, axes = plt.subplots(1, len(pairs), figsize=(4.4 * len(pairs), 4.0), squeeze=False)
     for ax, (a, b) in zip(axes[0], pairs):
-        ax.scatter(matrices[a][upper], matrices[b][upper], s=4, alpha=0.4)
+        ax.scatter(matrices[a][upper], matrices[b][upper], s=4 if n < 40 else 1.5,
+                   alpha=max(0.05, min(0.5, 300 / max(1, len(upper[0])) ** 0.5)), lw=0)
         r = correlations.get(f"{a}~{b}")
         ax.set(xlabel=_TRAJ_LABELS.get(a, a), ylabel=_TRAJ_LABELS.get(b, b),
                title=f"r = {r:.3f}" if r is not None else "r: undefined")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -74,6 +75,16 @@ class FeatureStore:
     def bytes_per_item(self) -> int:
         return sum(4 * math.prod(s) for s in self.shapes.values())
 
+    def ensure_space(self, n_items: int) -> None:
+        """Fail early, with the fix, if the folder cannot hold n_items items."""
+        need = n_items * self.bytes_per_item()
+        free = shutil.disk_usage(self.folder).free
+        if free < need:
+            raise TrajectoryError(
+                f"the trajectory analysis needs {need / 1e9:.1f} GB of temporary space for "
+                f"{n_items} checkpoints but {self.folder.parent} has {free / 1e9:.1f} GB free; "
+                "point TMPDIR at a larger disk")
+
     def close(self) -> None:
         self._tmp.cleanup()
 
@@ -108,6 +119,8 @@ def extract_features(checkpoints: list[tuple[int, Path]], probe: Probe, store: F
                                   "checkpoints; analyse one run at a time")
         if bilinear:
             store.append("tensor", sim.interaction_features(model.interaction_factors()))
+        if len(neg_entropy) == 1:
+            store.ensure_space(len(checkpoints))
         del fp, model
     return {"neg_entropy": np.array(neg_entropy), "mass": np.array(mass)}
 
@@ -287,7 +300,8 @@ def run_trajectory_suite(run_dir: Path, task: Task, split: Split,
                            "plots": time.perf_counter() - clock - forward_s - matrices_s}
     summary["checkpoints_loaded_from_store"] = loads["loaded"]
     _write_json(summary, out_dir / "summary.json")
-    logger.summary(_json_safe(summary_scalars(summary)))
+    logger.summary({k: v for k, v in _json_safe(summary_scalars(summary)).items()
+                    if v is not None})
     return summary
 
 
