@@ -64,7 +64,7 @@ def test_submitit_local_sweep_survives_preemption_of_every_job(tmp_path):
                 and "Requeued job" in line]  # submitit logs each message twice; count one form
     assert len(requeued) == 2, logs
     assert logs.count("stopped by SIGUSR2 after step") == 2
-    assert "the launcher takes over (submitit requeues the job" in logs
+    assert "submitit takes over: it requeues the job" in logs
     run_ids = set()
     threads = torch.get_num_threads()
     for seed, job in enumerate(jobs):

@@ -7,6 +7,7 @@ logger, trainer and analyses (grok.assemble builds the parts). main() is the Hyd
 from __future__ import annotations
 
 import dataclasses
+import os
 import shlex
 import shutil
 import sys
@@ -137,10 +138,8 @@ def main(dcfg: DictConfig) -> None:
         _hydra_record(run_dir, keep=True)
     except TrainingStopped as exc:
         _hydra_record(run_dir, keep=True)
-        then = ("the launcher takes over (submitit requeues the job, which resumes here)"
-                if stop.hands_over else f"To continue: {_continue_hint(run_dir)}")
         print(f"stopped by {stop.signal_name} after step {exc.step}; the resume state is saved. "
-              f"{then}", file=sys.stderr, flush=True)
+              f"{_continue_hint(run_dir, stop)}", file=sys.stderr, flush=True)
         stop.hand_over()  # under submitit: requeue the job (this exits)
         raise SystemExit(128 + (stop.signum or 0)) from None
     except GrokError as exc:
@@ -151,14 +150,19 @@ def main(dcfg: DictConfig) -> None:
         raise SystemExit(1) from None
 
 
-def _continue_hint(run_dir: Path) -> str:
-    """The command that continues this run (or, in a sweep, the advice to rerun the sweep)."""
+def _continue_hint(run_dir: Path, stop: GracefulStop) -> str:
+    """How this run continues: submitit requeues it after its preemption signal; otherwise the
+    command to run (or, in a sweep, the advice to rerun the sweep)."""
+    preempt = "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    if stop.hands_over and stop.signal_name == preempt:
+        return "submitit takes over: it requeues the job, which resumes here"
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:
-        return (f"run the same sweep again with hydra.sweep.dir={hc.sweep.dir}; finished jobs "
-                "only redo their summary")
+        return (f"To continue: run the same sweep again with hydra.sweep.dir={hc.sweep.dir}; "
+                "finished jobs only redo their summary")
     args = [o for o in hc.overrides.task if not o.startswith("hydra.run.dir=")]
-    return shlex.join(["python", "-m", "grok.main", *args, f"hydra.run.dir={run_dir}"])
+    return "To continue: " + shlex.join(["python", "-m", "grok.main", *args,
+                                         f"hydra.run.dir={run_dir}"])
 
 
 if __name__ == "__main__":
