@@ -76,3 +76,15 @@ def test_short_and_unsorted_series():
     assert one.t_grok is None and "only 1 evaluation point" in one.warning
     with pytest.raises(ValueError, match="window"):
         detect_t_grok(STEPS, STEPS * 0, window=1)
+
+
+def test_recovery_from_a_loss_spike_is_not_grokking():
+    acc = np.where(STEPS >= 1000, 1.0, 0.02)
+    acc[(STEPS >= 3000) & (STEPS < 3100)] = 0.05  # collapse and recovery long after grokking
+    tg = detect_t_grok(STEPS, acc)
+    assert tg.monotone and tg.t_grok == 1000 and tg.max_rise == pytest.approx(0.98)
+    # on the raw curve the recovery (0.05 -> 1.0) outdoes the real rise (0.1 -> 1.0)
+    acc[STEPS < 1000] = 0.1
+    raw = detect_t_grok(STEPS, acc, monotone=False)
+    assert raw.t_grok == 3100 and raw.max_rise == pytest.approx(0.95)
+    assert detect_t_grok(STEPS, acc).t_grok == 1000

@@ -86,6 +86,7 @@ class AnalysisConfig:
     name: str = "none"
     window: int = 5  # t_grok: evaluation points per sliding window
     threshold: float = 0.15  # t_grok: smallest test-accuracy rise across a window
+    monotone: bool = True  # t_grok: on the running maximum of test accuracy
     before: int = 3  # checkpoints selected before, near and after t_grok
     near: int = 2
     after: int = 3

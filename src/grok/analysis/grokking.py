@@ -79,7 +79,8 @@ def build_report(scan: Scan, metrics: list[dict], settings: AnalysisSettings,
         eval_steps, eval_acc = steps, list(test_acc)
         warnings.append("metrics.jsonl is missing: t_grok is detected on the test accuracy "
                         "recomputed at the checkpoints")
-    tg = detect_t_grok(eval_steps, eval_acc, settings.window, settings.threshold, forced)
+    tg = detect_t_grok(eval_steps, eval_acc, settings.window, settings.threshold, forced,
+                       settings.monotone)
     if tg.warning:
         warnings.append(tg.warning)
     for message in warnings[len(scan.warnings):]:
@@ -115,7 +116,7 @@ def build_report(scan: Scan, metrics: list[dict], settings: AnalysisSettings,
         "step_test_acc_0.95": tg.step_95,
         "step_test_acc_0.99": tg.step_99,
         "thresholds": {"window": settings.window, "rise_threshold": settings.threshold,
-                       "accuracy_levels": list(ACC_LEVELS)},
+                       "monotone": settings.monotone, "accuracy_levels": list(ACC_LEVELS)},
         "checkpoint_steps": steps,
         "relative_steps": None if t is None else [s - t for s in steps],
         "test_accuracy": list(test_acc),

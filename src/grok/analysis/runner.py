@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -178,10 +178,7 @@ def recorded_config_dict(run_dir: Path) -> dict | None:
 
 
 def settings_from_config(analysis_cfg: Any, t_grok: int | None = None) -> AnalysisSettings:
-    """AnalysisSettings from a checked grok.config.AnalysisConfig (and a forced t_grok)."""
-    return AnalysisSettings(window=analysis_cfg.window, threshold=analysis_cfg.threshold,
-                            t_grok=t_grok, before=analysis_cfg.before, near=analysis_cfg.near,
-                            after=analysis_cfg.after,
-                            before_after_ratio=analysis_cfg.before_after_ratio,
-                            batch_size=analysis_cfg.batch_size,
-                            block_size=analysis_cfg.block_size)
+    """AnalysisSettings from a checked grok.config.AnalysisConfig (same field names) and a forced
+    t_grok."""
+    names = [f.name for f in fields(AnalysisSettings) if f.name != "t_grok"]
+    return AnalysisSettings(t_grok=t_grok, **{n: getattr(analysis_cfg, n) for n in names})

@@ -15,6 +15,7 @@ class AnalysisError(GrokError):
 class AnalysisSettings:
     window: int = 5  # t_grok: evaluation points per sliding window (>= 2)
     threshold: float = 0.15  # t_grok: smallest test-accuracy rise across a window that counts
+    monotone: bool = True  # t_grok: rises of the best test accuracy so far (spikes do not count)
     t_grok: int | None = None  # force t_grok to this step instead of detecting it
     before: int = 3  # checkpoints selected before t_grok ...
     near: int = 2  # ... closest to it ...

@@ -7,6 +7,13 @@ detected. Otherwise t_grok is the step at the *end* of the largest single increa
 acc[j] - acc[j-1] inside the winning window (j in i+1..i+w-1, the earliest on ties): the first
 evaluation at which the jump is visible. With fewer evaluation points than `window`, the whole
 series is one window.
+
+With monotone=True (the default) acc is first replaced by its running maximum, the best test
+accuracy so far. Runs trained with AdamW at the usual learning rates have loss spikes: test
+accuracy collapses from ~1 to ~0 and recovers within a few evaluations, long after grokking.
+On the raw curve that recovery is the sharpest rise there is; on the running maximum it is no
+rise at all, and t_grok stays at the first generalisation. monotone=False is the rule on the raw
+curve.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ class TGrok:
     detected: int | None  # what the sharpest-rise rule finds (None: nothing above threshold)
     window: int
     threshold: float
+    monotone: bool  # rises measured on the running maximum of test accuracy
     max_rise: float | None  # rise across the winning window (None with < 2 evaluation points)
     window_steps: tuple[int, int] | None  # first and last step of the winning window
     step_95: int | None  # first step with test accuracy >= 0.95
@@ -58,15 +66,18 @@ def sharpest_window(values: np.ndarray, window: int) -> tuple[int, int, float]:
 
 
 def detect_t_grok(steps, test_acc, window: int = 5, threshold: float = 0.15,
-                  forced: int | None = None) -> TGrok:
+                  forced: int | None = None, monotone: bool = True) -> TGrok:
     """t_grok of one run from its evaluation steps and test accuracies (see the module doc)."""
     if window < 2:
         raise ValueError(f"window must be at least 2 evaluation points, got {window}")
     order = np.argsort(np.asarray(steps), kind="stable")
     steps = np.asarray(steps, dtype=np.int64)[order]
     acc = np.asarray(test_acc, dtype=np.float64)[order]
-    common = dict(window=window, threshold=threshold, step_95=first_step_reaching(steps, acc, 0.95),
+    common = dict(window=window, threshold=threshold, monotone=monotone,
+                  step_95=first_step_reaching(steps, acc, 0.95),
                   step_99=first_step_reaching(steps, acc, 0.99))
+    if monotone:
+        acc = np.maximum.accumulate(acc)
     if len(acc) < 2:
         found = dict(max_rise=None, window_steps=None, detected=None,
                      warning=f"t_grok not detected: only {len(acc)} evaluation point(s)")
