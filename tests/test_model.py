@@ -51,15 +51,17 @@ def reference_forward(model, tokens):
     return logits, torch.stack(residuals), torch.stack(patterns)
 
 
+@pytest.mark.parametrize("grad", [True, False])  # inference has its own MLP and LayerNorm path
 @pytest.mark.parametrize("n_layers,layer_norm,act", [(1, False, "relu"), (2, True, "relu"),
                                                      (3, True, "gelu")])
-def test_fast_forward_equals_reference(n_layers, layer_norm, act):
+def test_fast_forward_equals_reference(n_layers, layer_norm, act, grad):
     torch.manual_seed(0)
     model = build_model(config(n_layers=n_layers, layer_norm=layer_norm, act=act))
     random_layer_norms(model)
     tokens = torch.randint(0, 11, (50, 3))
     tokens[:, 2] = 11
-    out = model(tokens, return_cache=True)
+    with torch.set_grad_enabled(grad):
+        out = model(tokens, return_cache=True)
     logits, residuals, patterns = reference_forward(model, tokens)
     torch.testing.assert_close(out.logits, logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.residuals, residuals, rtol=1e-5, atol=1e-5)
@@ -136,3 +138,9 @@ def test_state_dict_has_only_the_named_parameters():
     """The tables' helper buffers stay out of checkpoints."""
     model = build_model(config())
     assert list(model.state_dict()) == [n for n, _ in model.named_parameters()]
+
+
+def test_features_are_what_the_unembedding_reads():
+    model = build_model(config())
+    tokens = torch.randint(0, 11, (20, 3))
+    assert torch.equal(model.features(tokens) @ model.W_U, model(tokens).logits)

@@ -64,7 +64,7 @@ class SeedBatch:
             self.optimizer, lambda i: first.lr_factor(i + 1))
         self.train_x = torch.stack([t.train_x for t in trainers])  # (K, n_train, n_ctx)
         self.train_y = torch.stack([t.train_y for t in trainers])
-        self.logits = vmap(self._logits_one, in_dims=(0, 0))
+        self.features = vmap(self._features_one, in_dims=(0, 0))
         self.step = 0
         self.should_stop = first.should_stop  # a stop signal stops the whole batch
 
@@ -73,9 +73,14 @@ class SeedBatch:
         """Step of the last resume state written (all seeds save together)."""
         return self.trainers[0].saved_step
 
-    def _logits_one(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        buffers = dict(self.template.named_buffers())
-        return functional_call(self.template, (params, buffers), (x,)).logits
+    def _call(self, params: dict[str, torch.Tensor], x: torch.Tensor, method: str) -> Any:
+        """template.<method>(x) with `params` (one seed's) in place of its parameters."""
+        state = {f"model.{name}": p for name, p in params.items()}
+        state.update({f"model.{name}": b for name, b in self.template.named_buffers()})
+        return functional_call(_Method(self.template, method), state, (x,))
+
+    def _features_one(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return self._call(params, x, "features")
 
     # ------------------------------------------------------------------------------- train
     def _train_step(self) -> None:
@@ -87,11 +92,14 @@ class SeedBatch:
             y = torch.take_along_dim(self.train_y, idx, dim=1)
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=self.s.precision == "bf16"):
-            logits = self.logits(self.params, x)  # (K, batch, n_classes)
+            features = self.features(self.params, x)  # (K, batch, d_model)
+            # The unembedding per seed, outside vmap: with an odd number of classes the seeds'
+            # logits would sit at unaligned offsets of one batched output, where BLAS may pick
+            # another kernel (other rounding) than for a single run's.
+            logits = [f @ w for f, w in zip(features.unbind(0), self.params["W_U"].unbind(0))]
         # Each seed's own mean loss, computed as a single run computes it; their sum gives every
         # seed exactly its own gradient.
-        loss = sum(F.cross_entropy(lg.float(), t) for lg, t in zip(logits.unbind(0),
-                                                                   y.unbind(0)))
+        loss = sum(F.cross_entropy(lg.float(), t) for lg, t in zip(logits, y.unbind(0)))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -109,8 +117,8 @@ class SeedBatch:
         rows = []
         for k, t in enumerate(self.trainers):
             params = {name: self.params[name][k] for name in self.names}
-            logits = torch.cat([self._logits_one(params, t.eval_x[i:i + EVAL_BATCH]).float()
-                                for i in range(0, len(t.eval_x), EVAL_BATCH)])
+            logits = torch.cat([self._call(params, t.eval_x[i:i + EVAL_BATCH], "forward").logits
+                                .float() for i in range(0, len(t.eval_x), EVAL_BATCH)])
             rows.append(t.metric_row(logits, list(params.values())))
         self.template.train()
         return rows
@@ -195,6 +203,17 @@ class SeedBatch:
             self._at_step_boundary(_NullBar())
         train_until(self, stop, f"train x{len(self.trainers)}")
         return [read_metrics(t.metrics_path) for t in self.trainers]
+
+
+class _Method(nn.Module):
+    """Calls one method of `model` as its forward (functional_call always calls forward)."""
+
+    def __init__(self, model: nn.Module, method: str):
+        super().__init__()
+        self.model, self.method = model, method
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return getattr(self.model, self.method)(x)
 
 
 def _seed_state(stacked: dict, k: int) -> dict:
