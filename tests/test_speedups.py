@@ -23,11 +23,14 @@ def fit(tmp_path, name, *overrides, n_threads=None):
         torch.set_num_threads(before)
 
 
-def assert_rows_close(a, b, rtol, atol):
+def assert_rows_close(a, b, rtol, atol, acc_atol=0.0):
+    """Rows agree within tolerance; accuracies (fractions of a 34-pair test set) may differ by
+    acc_atol where rounding can flip a near-tie."""
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for ra, rb in zip(a, b):
         for key in ra:
-            assert ra[key] == pytest.approx(rb[key], rel=rtol, abs=atol), (ra["step"], key)
+            tol = max(atol, acc_atol) if key.endswith("/acc") else atol
+            assert ra[key] == pytest.approx(rb[key], rel=rtol, abs=tol), (ra["step"], key)
 
 
 def test_thread_count_does_not_change_the_run(tmp_path):
@@ -63,7 +66,7 @@ def test_fused_and_foreach_runs_agree(tmp_path):
 def test_bf16_run_follows_the_fp32_run(tmp_path):
     fp32, bf16 = fit(tmp_path, "fp32"), fit(tmp_path, "bf16", "train.precision=bf16")
     assert fp32 != bf16
-    assert_rows_close(fp32, bf16, rtol=0.05, atol=0.02)
+    assert_rows_close(fp32, bf16, rtol=0.05, atol=0.02, acc_atol=0.07)  # two test pairs
 
 
 def test_bf16_is_part_of_the_run_identity_and_fp32_identity_is_unchanged():
