@@ -215,8 +215,10 @@ def bench_step(name: str, overrides: tuple[str, ...], scale: Scale, device: torc
                          tmp / f"{name}_bf16",
                          device)
     plain = PlainStep(build_trainer(cfg, tmp / f"{name}_plain", device))
+    foreach = build_trainer(compose(*overrides, "logger=none", "train.fused_optimizer=false"),
+                            tmp / f"{name}_foreach", device)
     fns: dict[str, Callable[[], Any]] = {"fast": fast._train_step, "bf16": bf16._train_step,
-                                         "plain": plain}
+                                         "foreach_adamw": foreach._train_step, "plain": plain}
     n_threads = {}
     if device.type == "cpu" and torch.get_num_threads() > 1:
         fns["one_thread"] = build_trainer(cfg, tmp / f"{name}_1t", device)._train_step
