@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from grok.naming import identity
+from grok.train import checkpoint as ckpt
 from grok.train.trainer import make_optimizer
 from tests.conftest import tiny_config
 from tests.test_trainer import make_trainer, without_time
@@ -78,3 +79,12 @@ def test_bf16_is_part_of_the_run_identity_and_fp32_identity_is_unchanged():
 def test_compiled_run_matches_eager(tmp_path):
     assert_rows_close(fit(tmp_path, "eager"), fit(tmp_path, "compiled", "train.compile=true"),
                       rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_run_resumes_exactly(tmp_path):
+    cfg = tiny_config(*SMALL, "train.compile=true", "train.resume_every=10")
+    straight = without_time(make_trainer(cfg, tmp_path / "a").fit())
+    make_trainer(cfg, tmp_path / "b").fit(until=15)
+    resumed = make_trainer(cfg, tmp_path / "b")
+    assert without_time(resumed.fit(ckpt.load_resume_state(tmp_path / "b"))) == straight
