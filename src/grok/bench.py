@@ -84,6 +84,13 @@ QUICK = Scale(
 # with more, CPU time adds up the threads and their spin-waiting).
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = time.perf_counter
+_device = torch.device("cpu")
+
+
+def sync() -> None:
+    """Wait for queued GPU work, so that a timed block holds all of its own work."""
+    if _device.type == "cuda":
+        torch.cuda.synchronize(_device)
 
 # Analysis suites measured in checkpoints per second: name -> fn(run_dir, device) that analyses
 # every checkpoint in run_dir and returns how many it analysed. Add a suite by adding an entry.
@@ -127,22 +134,27 @@ def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, reps: int,
     for _ in range(rounds):
         for name, fn in fns.items():
             with threads(n_threads.get(name)):
+                sync()
                 start = clock()
                 for _ in range(reps):
                     fn()
+                sync()
                 times[name].append((clock() - start) / reps)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
 def matmul_peak(n: int, dtype: torch.dtype, reps: int = 10) -> float:
     """GFLOP/s of an n x n x n matmul, best of a few timed batches."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a = torch.randn(n, n, device=_device).to(dtype)
+    b = torch.randn(n, n, device=_device).to(dtype)
     a @ b
     best = math.inf
     for _ in range(3):
+        sync()
         start = clock()
         for _ in range(reps):
             a @ b
+        sync()
         best = min(best, (clock() - start) / reps)
     return 2 * n**3 / best / 1e9
 
@@ -330,6 +342,7 @@ def bench_analysis(scale: Scale, device: torch.device, tmp: Path) -> dict:
     for name, suite in ANALYSIS_SUITES.items():
         start = clock()
         n = suite(run_dir, device)
+        sync()
         out[name] = {"checkpoints": n, "checkpoints_per_s": n / (clock() - start)}
     return out
 
@@ -403,10 +416,10 @@ SECTIONS = ("peak", "step", "eval", "default", "long", "seeds", "analysis")
 def run_bench(quick: bool = False, sections: tuple[str, ...] = SECTIONS, device: str = "cpu",
               compiled: bool = False, clock_name: str = "wall",
               log: Callable[[str], None] = print) -> dict:
-    global clock
+    global clock, _device
     clock = CLOCKS[clock_name]
     scale = QUICK if quick else FULL
-    dev = resolve_device(device)
+    dev = _device = resolve_device(device)
     result: dict[str, Any] = {"mode": "quick" if quick else "full", "clock": clock_name,
                               "machine": machine()}
     with tempfile.TemporaryDirectory(prefix="grok-bench-") as tmp_name:
