@@ -51,6 +51,14 @@ def reference_forward(model, tokens):
     return logits, torch.stack(residuals), torch.stack(patterns)
 
 
+def random_layer_norms(model):
+    """LayerNorm parameters away from their (1, 0) init, so that a wrong affine part shows."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "ln" in name:
+                p.copy_(torch.randn_like(p))
+
+
 @pytest.mark.parametrize("grad", [True, False])  # inference has its own MLP and LayerNorm path
 @pytest.mark.parametrize("n_layers,layer_norm,act", [(1, False, "relu"), (2, True, "relu"),
                                                      (3, True, "gelu")])
@@ -66,14 +74,6 @@ def test_fast_forward_equals_reference(n_layers, layer_norm, act, grad):
     torch.testing.assert_close(out.logits, logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.residuals, residuals, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.attention, patterns, rtol=1e-5, atol=1e-5)
-
-
-def random_layer_norms(model):
-    """LayerNorm parameters away from their (1, 0) init, so that a wrong affine part shows."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "ln" in name:
-                p.copy_(torch.randn_like(p))
 
 
 @pytest.mark.parametrize("n_layers,layer_norm,act,d_vocab", [

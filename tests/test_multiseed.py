@@ -118,3 +118,16 @@ def test_cli_seed_batch_gives_each_seed_a_run_directory_and_wandb_run(tmp_path):
     assert metas[0]["run_id"] != metas[1]["run_id"]
     assert metas[0]["run_group"] == metas[1]["run_group"]
     assert metas[1]["display_name"].endswith("-s5")
+
+
+def test_models_without_features_train_whole_under_vmap(tmp_path):
+    """The fallback for models without features() (e.g. no unembedding matrix): logits from the
+    vmapped forward pass; equal to separate runs up to rounding."""
+    cfgs = [tiny_config("task.p=11", "train.batch_size=8", f"seed={s}") for s in SEEDS]
+    batch = SeedBatch([make_trainer(c, tmp_path / str(i)) for i, c in enumerate(cfgs)])
+    batch.unembed_per_seed = False
+    batched_rows = batch.fit([None] * len(cfgs))
+    for i, c in enumerate(cfgs):
+        alone = make_trainer(c, tmp_path / f"alone{i}").fit()
+        for a, b in zip(without_time(batched_rows[i]), without_time(alone)):
+            assert a == pytest.approx(b, rel=1e-4, abs=1e-5)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from grok.naming import identity
+from grok.train import checkpoint as ckpt
 from grok.train.trainer import make_optimizer
 from tests.conftest import tiny_config
 from tests.test_trainer import make_trainer, without_time
@@ -23,11 +24,14 @@ def fit(tmp_path, name, *overrides, n_threads=None):
         torch.set_num_threads(before)
 
 
-def assert_rows_close(a, b, rtol, atol):
+def assert_rows_close(a, b, rtol, atol, acc_atol=0.0):
+    """Rows agree within tolerance; accuracies (fractions of a 34-pair test set) may differ by
+    acc_atol where rounding can flip a near-tie."""
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for ra, rb in zip(a, b):
         for key in ra:
-            assert ra[key] == pytest.approx(rb[key], rel=rtol, abs=atol), (ra["step"], key)
+            tol = max(atol, acc_atol) if key.endswith("/acc") else atol
+            assert ra[key] == pytest.approx(rb[key], rel=rtol, abs=tol), (ra["step"], key)
 
 
 def test_thread_count_does_not_change_the_run(tmp_path):
@@ -63,7 +67,7 @@ def test_fused_and_foreach_runs_agree(tmp_path):
 def test_bf16_run_follows_the_fp32_run(tmp_path):
     fp32, bf16 = fit(tmp_path, "fp32"), fit(tmp_path, "bf16", "train.precision=bf16")
     assert fp32 != bf16
-    assert_rows_close(fp32, bf16, rtol=0.05, atol=0.02)
+    assert_rows_close(fp32, bf16, rtol=0.05, atol=0.02, acc_atol=0.07)  # two test pairs
 
 
 def test_bf16_is_part_of_the_run_identity_and_fp32_identity_is_unchanged():
@@ -75,3 +79,12 @@ def test_bf16_is_part_of_the_run_identity_and_fp32_identity_is_unchanged():
 def test_compiled_run_matches_eager(tmp_path):
     assert_rows_close(fit(tmp_path, "eager"), fit(tmp_path, "compiled", "train.compile=true"),
                       rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_run_resumes_exactly(tmp_path):
+    cfg = tiny_config(*SMALL, "train.compile=true", "train.resume_every=10")
+    straight = without_time(make_trainer(cfg, tmp_path / "a").fit())
+    make_trainer(cfg, tmp_path / "b").fit(until=15)
+    resumed = make_trainer(cfg, tmp_path / "b")
+    assert without_time(resumed.fit(ckpt.load_resume_state(tmp_path / "b"))) == straight

@@ -76,7 +76,7 @@ QUICK = Scale(
     power=("model=power_2l", *_TOY, "train.batch_size=64"),
     nanda=("model=nanda_1l", *_TOY, "split.train_frac=0.3", "train=full_batch"),
     default=(*_TOY, "steps=200", "train.checkpoints=10"),
-    long=("split=structured", "steps=400000", "train=long", *_TOY),
+    long=("split=structured", "steps=400000", "train=long", "train.compile=false", *_TOY),
     seeds=(1, 2), checkpoints=3)
 
 # The clock of every measurement but the default run's: wall time, or with --clock cpu this
@@ -84,6 +84,13 @@ QUICK = Scale(
 # with more, CPU time adds up the threads and their spin-waiting).
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = time.perf_counter
+_device = torch.device("cpu")
+
+
+def sync() -> None:
+    """Wait for queued GPU work, so that a timed block holds all of its own work."""
+    if _device.type == "cuda":
+        torch.cuda.synchronize(_device)
 
 # Analysis suites measured in checkpoints per second: name -> fn(run_dir, device) that analyses
 # every checkpoint in run_dir and returns how many it analysed. Add a suite by adding an entry.
@@ -127,22 +134,27 @@ def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, reps: int,
     for _ in range(rounds):
         for name, fn in fns.items():
             with threads(n_threads.get(name)):
+                sync()
                 start = clock()
                 for _ in range(reps):
                     fn()
+                sync()
                 times[name].append((clock() - start) / reps)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
 def matmul_peak(n: int, dtype: torch.dtype, reps: int = 10) -> float:
     """GFLOP/s of an n x n x n matmul, best of a few timed batches."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a = torch.randn(n, n, device=_device).to(dtype)
+    b = torch.randn(n, n, device=_device).to(dtype)
     a @ b
     best = math.inf
     for _ in range(3):
+        sync()
         start = clock()
         for _ in range(reps):
             a @ b
+        sync()
         best = min(best, (clock() - start) / reps)
     return 2 * n**3 / best / 1e9
 
@@ -215,8 +227,10 @@ def bench_step(name: str, overrides: tuple[str, ...], scale: Scale, device: torc
                          tmp / f"{name}_bf16",
                          device)
     plain = PlainStep(build_trainer(cfg, tmp / f"{name}_plain", device))
+    foreach = build_trainer(compose(*overrides, "logger=none", "train.fused_optimizer=false"),
+                            tmp / f"{name}_foreach", device)
     fns: dict[str, Callable[[], Any]] = {"fast": fast._train_step, "bf16": bf16._train_step,
-                                         "plain": plain}
+                                         "foreach_adamw": foreach._train_step, "plain": plain}
     n_threads = {}
     if device.type == "cpu" and torch.get_num_threads() > 1:
         fns["one_thread"] = build_trainer(cfg, tmp / f"{name}_1t", device)._train_step
@@ -282,11 +296,16 @@ def bench_default(scale: Scale, tmp: Path) -> dict:
 def bench_long(scale: Scale, device: torch.device, tmp: Path) -> dict:
     """Projected wall time of the long structured run from its measured step and eval times."""
     trainer = build_trainer(compose(*scale.long, "logger=none"), tmp / "long", device)
+    start = time.perf_counter()  # the first calls compile when the preset has train.compile
+    trainer._train_step()
+    trainer.evaluate()
+    warmup = time.perf_counter() - start
     sec = interleaved({"step": trainer._train_step, "eval": trainer.evaluate}, scale.rounds,
                       scale.reps)
     steps, n_evals = trainer.s.steps, len(trainer.eval_at)
-    total = steps * sec["step"] + n_evals * sec["eval"]
-    return {"overrides": list(scale.long), "steps": steps, "steps_per_s": 1 / sec["step"],
+    total = warmup + steps * sec["step"] + n_evals * sec["eval"]
+    return {"overrides": list(scale.long), "compile": trainer.s.compile, "steps": steps,
+            "steps_per_s": 1 / sec["step"], "first_step_and_eval_s": warmup,
             "evaluations": n_evals, "eval_s": sec["eval"], "projected_h": total / 3600,
             "steps_per_s_with_eval": steps / total}
 
@@ -323,6 +342,7 @@ def bench_analysis(scale: Scale, device: torch.device, tmp: Path) -> dict:
     for name, suite in ANALYSIS_SUITES.items():
         start = clock()
         n = suite(run_dir, device)
+        sync()
         out[name] = {"checkpoints": n, "checkpoints_per_s": n / (clock() - start)}
     return out
 
@@ -365,7 +385,8 @@ def table(r: dict) -> str:
                       f"{_f(d['train_wall_s'])} s; process wall {_f(d['process_wall_s'])} s"))
     if "long" in r:
         lg = r["long"]
-        lines.append(("long run", f"{' '.join(lg['overrides'])}: {_f(lg['steps_per_s'])} steps/s,"
+        lines.append(("long run", f"{' '.join(lg['overrides'])}"
+                      f"{' (compiled)' if lg['compile'] else ''}: {_f(lg['steps_per_s'])} steps/s,"
                       f" {lg['evaluations']} evals -> {_f(lg['projected_h'], '.2f')} h"))
     if "seeds" in r:
         s = r["seeds"]
@@ -395,10 +416,10 @@ SECTIONS = ("peak", "step", "eval", "default", "long", "seeds", "analysis")
 def run_bench(quick: bool = False, sections: tuple[str, ...] = SECTIONS, device: str = "cpu",
               compiled: bool = False, clock_name: str = "wall",
               log: Callable[[str], None] = print) -> dict:
-    global clock
+    global clock, _device
     clock = CLOCKS[clock_name]
     scale = QUICK if quick else FULL
-    dev = resolve_device(device)
+    dev = _device = resolve_device(device)
     result: dict[str, Any] = {"mode": "quick" if quick else "full", "clock": clock_name,
                               "machine": machine()}
     with tempfile.TemporaryDirectory(prefix="grok-bench-") as tmp_name:

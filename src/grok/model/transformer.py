@@ -88,14 +88,13 @@ class Attention(nn.Module):
                future: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """q: (batch, n_q, heads, d_head); k, v: (batch, n_ctx, heads, d_head); future: (n_q,
         n_ctx) bool, true where a key lies after its query (masked), None when nothing is.
-        Returns the heads' outputs projected by W_O (batch, n_q, d_model) and the pattern
+        Returns the heads' outputs z (batch, n_q, heads, d_head), before W_O, and the pattern
         (batch, n_q, n_ctx, heads)."""
         scores = (q.unsqueeze(2) * k.unsqueeze(1)).sum(-1) / math.sqrt(self.d_head)
         if future is not None:
             scores = scores.masked_fill(future[None, :, :, None], float("-inf"))
         pattern = scores.softmax(dim=2)
-        z = (pattern.unsqueeze(-1) * v.unsqueeze(1)).sum(2)  # (batch, n_q, heads, d_head)
-        return z.flatten(2) @ self.w_o(), pattern
+        return (pattern.unsqueeze(-1) * v.unsqueeze(1)).sum(2), pattern
 
 
 class MLP(nn.Module):
@@ -180,41 +179,56 @@ class Transformer(nn.Module):
              ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         b, t = tokens.shape
         h, dh, vocab = self.cfg.n_heads, self.cfg.d_head, self.cfg.d_vocab
-        last = len(self.blocks) - 1
+        hd, last = h * dh, len(self.blocks) - 1
         # Layer-0 input of every (position, token): (t * d_vocab, d_model); row i * d_vocab + tok.
         table = (self.W_pos[:t, None, :] + self.W_E[None]).flatten(0, 1)
         rows = tokens + self._row_offset[:t]  # (batch, t)
-        s0 = table[:vocab]  # position 0's stream, per token (d_vocab, d_model)
-        # Per-sample stream at the positions still needed: 1..t-1, or only `=` in the last layer.
-        keep = 1 if last == 0 else t - 1
-        x = table.index_select(0, rows[:, t - keep:].reshape(-1)).view(b, keep, -1)
+        # The residual stream as one matrix: position 0 once per vocabulary token (it attends only
+        # to itself, so its stream is a function of its token), then every sample's positions
+        # 1..t-1. A 1-layer model needs only `=`.
+        if last == 0:
+            xs, x = None, table.index_select(0, rows[:, -1])
+        else:
+            xs = torch.cat([table[:vocab], table.index_select(0, rows[:, 1:].reshape(-1))])
         residuals, patterns = [], []
         for i, block in enumerate(self.blocks):
-            attn, n_q = block.attn, (1 if i == last else t - 1)
+            attn = block.attn
+            n_q = 1 if i == last else t - 1  # queries: `=` alone in the last layer
             if i == 0:
-                # (t * d_vocab, h * dh) each: queries, keys and values of every (position, token)
-                q_tab, k_tab, v_tab = (block.ln1(table) @ attn.w_qkv()).split(h * dh, dim=1)
-                q = q_tab.index_select(0, rows[:, t - n_q:].reshape(-1)).view(b, n_q, h, dh)
-                k = k_tab.index_select(0, rows.reshape(-1)).view(b, t, h, dh)
-                v = v_tab.index_select(0, rows.reshape(-1)).view(b, t, h, dh)
-                v0_table = v_tab[:vocab]
+                # queries, keys and values of every (position, token), gathered per sample
+                q_tab, k_tab, v_tab = (block.ln1(table) @ attn.w_qkv()).split(hd, dim=1)
+                q = q_tab.index_select(0, rows[:, t - n_q:].reshape(-1))
+                k = k_tab.index_select(0, rows.reshape(-1))
+                v = v_tab.index_select(0, rows.reshape(-1))
+                v0 = v_tab[:vocab]
             else:
-                k0_tab, v0_table = (block.ln1(s0) @ attn.w_kv()).split(h * dh, dim=1)
-                y = block.ln1(x)  # (batch, t - 1, d_model)
-                k_rest, v_rest = (y @ attn.w_kv()).split(h * dh, dim=2)
-                k = torch.cat([k0_tab.index_select(0, tokens[:, 0]).view(b, 1, -1), k_rest], 1)
-                v = torch.cat([v0_table.index_select(0, tokens[:, 0]).view(b, 1, -1), v_rest], 1)
-                k, v = k.view(b, t, h, dh), v.view(b, t, h, dh)
-                # contiguous: a strided matmul operand would take another BLAS kernel under vmap
-                # (seed batches) than alone, with other rounding.
-                q = (y[:, t - 1 - n_q:].contiguous() @ _heads(attn.W_Q)).view(b, n_q, h, dh)
-            out, pattern = attn.attend(q, k, v, None if n_q == 1 else self._future)
-            x = x[:, x.shape[1] - n_q:] + out
-            x = x + block.mlp(block.ln2(x))
-            if i != last:  # position 0 attends to itself alone: its pattern is exactly 1
-                s0 = s0 + v0_table @ attn.w_o()
-                s0 = s0 + block.mlp(block.ln2(s0))
+                ys = block.ln1(xs)
+                if i == last:
+                    k_all, v_all = (ys @ attn.w_kv()).split(hd, dim=1)
+                    # contiguous: a strided matmul operand would take another BLAS kernel under
+                    # vmap (seed batches) than alone, with other rounding
+                    q = ys[vocab:].view(b, t - 1, -1)[:, -1].contiguous() @ _heads(attn.W_Q)
+                else:
+                    q_all, k_all, v_all = (ys @ attn.w_qkv()).split(hd, dim=1)
+                    q = q_all[vocab:]
+                k = torch.cat([k_all[:vocab].index_select(0, tokens[:, 0]).view(b, 1, hd),
+                               k_all[vocab:].view(b, t - 1, hd)], dim=1)
+                v = torch.cat([v_all[:vocab].index_select(0, tokens[:, 0]).view(b, 1, hd),
+                               v_all[vocab:].view(b, t - 1, hd)], dim=1)
+                v0 = v_all[:vocab]
+            z, pattern = attn.attend(q.view(b, n_q, h, dh), k.view(b, t, h, dh),
+                                     v.view(b, t, h, dh), None if n_q == 1 else self._future)
+            if i == last:
+                if xs is not None:
+                    x = xs[vocab:].view(b, t - 1, -1)[:, -1]
+                x = x + z.view(b, hd) @ attn.w_o()
+                x = x + block.mlp(block.ln2(x))
+            else:
+                # position 0 attends to itself alone (pattern exactly 1): its output is v0 W_O
+                xs = xs + torch.cat([v0, z.reshape(-1, hd)]) @ attn.w_o()
+                xs = xs + block.mlp(block.ln2(xs))
+                x = xs[vocab:].view(b, t - 1, -1)[:, -1]
             if return_cache:
-                residuals.append(x[:, -1])
+                residuals.append(x)
                 patterns.append(pattern[:, -1].transpose(1, 2))  # (batch, heads, t)
-        return self.ln_final(x[:, -1]), residuals, patterns
+        return self.ln_final(x), residuals, patterns

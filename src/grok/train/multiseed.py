@@ -64,7 +64,10 @@ class SeedBatch:
             self.optimizer, lambda i: first.lr_factor(i + 1))
         self.train_x = torch.stack([t.train_x for t in trainers])  # (K, n_train, n_ctx)
         self.train_y = torch.stack([t.train_y for t in trainers])
-        self.features = vmap(self._features_one, in_dims=(0, 0))
+        # Models with features() (the transformer) unembed per seed, see _train_step; others
+        # (e.g. a model without an unembedding matrix) run whole under vmap.
+        self.unembed_per_seed = hasattr(first.model, "features") and "W_U" in self.params
+        self.batched = vmap(self._batched_one, in_dims=(0, 0))
         self.step = 0
         self.should_stop = first.should_stop  # a stop signal stops the whole batch
 
@@ -73,14 +76,17 @@ class SeedBatch:
         """Step of the last resume state written (all seeds save together)."""
         return self.trainers[0].saved_step
 
+    def _batched_one(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        if self.unembed_per_seed:
+            return self._call(params, x, "features")
+        return self._call(params, x, "forward").logits
+
     def _call(self, params: dict[str, torch.Tensor], x: torch.Tensor, method: str) -> Any:
         """template.<method>(x) with `params` (one seed's) in place of its parameters."""
         state = {f"model.{name}": p for name, p in params.items()}
         state.update({f"model.{name}": b for name, b in self.template.named_buffers()})
         return functional_call(_Method(self.template, method), state, (x,))
 
-    def _features_one(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        return self._call(params, x, "features")
 
     # ------------------------------------------------------------------------------- train
     def _train_step(self) -> None:
@@ -92,11 +98,14 @@ class SeedBatch:
             y = torch.take_along_dim(self.train_y, idx, dim=1)
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=self.s.precision == "bf16"):
-            features = self.features(self.params, x)  # (K, batch, d_model)
-            # The unembedding per seed, outside vmap: with an odd number of classes the seeds'
-            # logits would sit at unaligned offsets of one batched output, where BLAS may pick
-            # another kernel (other rounding) than for a single run's.
-            logits = [f @ w for f, w in zip(features.unbind(0), self.params["W_U"].unbind(0))]
+            out = self.batched(self.params, x)
+            if self.unembed_per_seed:  # out: (K, batch, d_model)
+                # The unembedding per seed, outside vmap: with an odd number of classes the seeds'
+                # logits would sit at unaligned offsets of one batched output, where BLAS may pick
+                # another kernel (other rounding) than for a single run's.
+                logits = [f @ w for f, w in zip(out.unbind(0), self.params["W_U"].unbind(0))]
+            else:
+                logits = list(out.unbind(0))
         # Each seed's own mean loss, computed as a single run computes it; their sum gives every
         # seed exactly its own gradient.
         loss = sum(F.cross_entropy(lg.float(), t) for lg, t in zip(logits, y.unbind(0)))
