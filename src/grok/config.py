@@ -91,7 +91,7 @@ class AnalysisConfig:
     near: int = 2
     after: int = 3
     before_after_ratio: float = 2.0  # "before"/"after" values at t_grok / r and t_grok * r
-    batch_size: int = 16384  # probe inputs per forward batch
+    batch_size: int = 2048  # probe inputs per forward batch
     # trajectory: checkpoints per block of the similarity matrices (two blocks are in memory at
     # once); None picks the largest block that keeps them under about 1 GB
     block_size: int | None = None

@@ -100,6 +100,13 @@ def _entropy_panel(ax, report: dict) -> None:
     ax.set(ylim=_entropy_ylim(report), ylabel="attention entropy at '=' (nats)")
 
 
+def _legend(ax) -> None:
+    """A legend when the panel has labelled lines (an attention-free model without t_grok has
+    none)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="best")
+
+
 GROKKING_PANELS = {"accuracy": _accuracy_panel, "rank": _rank_panel, "entropy": _entropy_panel}
 
 
@@ -115,7 +122,7 @@ def grokking_figures(report: dict, folder: Path, title: str = "") -> dict[str, P
         _t_grok_line(ax, t)
         ax.set(xlabel="step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        _legend(ax)
         if title:
             ax.set_title(title)
         paths[f"grokking_{name}"] = _save(fig, folder / f"grokking_{name}.png")
@@ -124,7 +131,7 @@ def grokking_figures(report: dict, folder: Path, title: str = "") -> dict[str, P
         panel(ax, report)
         _t_grok_line(ax, t)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        _legend(ax)
     axes[-1].set(xlabel="step")
     method = report["t_grok_method"]
     fig.suptitle(title or (f"t_grok = {t} ({method})" if t is not None

@@ -56,7 +56,7 @@ class Analyzer(Protocol):
 
 
 @torch.no_grad()
-def forward_pass(model: nn.Module, probe: Probe, step: int, batch: int = 16384) -> ForwardPass:
+def forward_pass(model: nn.Module, probe: Probe, step: int, batch: int = 2048) -> ForwardPass:
     """Run `model` over the probe set in batches, keeping logits, residuals and attention."""
     model.eval()
     outs: list[ModelOutput] = [model(probe.tokens[i:i + batch], return_cache=True)

@@ -77,7 +77,7 @@ def _on_device(probe: Probe, device: torch.device) -> Probe:
 
 
 def scan_checkpoints(checkpoints: Sequence[tuple[int, Path]], probe: Probe,
-                     analyzers: Sequence[Analyzer], device: torch.device, batch: int = 16384,
+                     analyzers: Sequence[Analyzer], device: torch.device, batch: int = 2048,
                      progress: bool = True) -> Scan:
     """Apply every analyzer to every checkpoint; results in checkpoint order."""
     scan = Scan(device=torch.device(device))

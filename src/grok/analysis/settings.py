@@ -21,5 +21,5 @@ class AnalysisSettings:
     near: int = 2  # ... closest to it ...
     after: int = 3  # ... and after it
     before_after_ratio: float = 2.0  # "before"/"after" values at t_grok / r and t_grok * r
-    batch_size: int = 16384  # probe inputs per forward batch
+    batch_size: int = 2048  # probe inputs per forward batch
     block_size: int | None = None  # trajectory: checkpoints per Gram block (None: automatic)
