@@ -88,3 +88,18 @@ def test_compiled_run_resumes_exactly(tmp_path):
     make_trainer(cfg, tmp_path / "b").fit(until=15)
     resumed = make_trainer(cfg, tmp_path / "b")
     assert without_time(resumed.fit(ckpt.load_resume_state(tmp_path / "b"))) == straight
+
+
+def test_compile_without_a_cpp_compiler_fails_before_writing_anything(tmp_path, monkeypatch):
+    from torch._inductor import cpp_builder, exc
+
+    from grok.errors import GrokError
+    from grok.main import run
+
+    def no_compiler():
+        raise exc.InvalidCxxCompiler
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+    with pytest.raises(GrokError, match="needs a C.. compiler .* train.compile=false"):
+        run(tiny_config("train.compile=true"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
