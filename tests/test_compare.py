@@ -73,7 +73,7 @@ def test_default_labels_keep_different_configurations_apart():
     c, d = tiny_config("split=structured"), tiny_config("optim.lr=0.01")
     labels = default_labels([a, b, c], [None] * 3)
     assert labels[0] == labels[1] == "add7-random0.8-power_2l"
-    assert labels[2] == "add7-structured-block0.5-power_2l"
+    assert labels[2] == "add7-structured-block0.8-power_2l"
     assert default_baseline(labels, [a, b, c]) == labels[0]
     assert default_baseline(labels[2:], [c]) == labels[2]  # no random split: the first
     both = default_labels([a, d], [None] * 2)  # same variant, other lr: the W&B groups
@@ -127,7 +127,7 @@ def test_compare_a_sweep_analyses_missing_runs(two_runs, tmp_path, capsys):
     assert out.count("analysing") == 2
     # labels from the recorded configs; the random split is the default baseline
     assert "baseline: add7-random0.8-power_2l" in out
-    assert "add7-structured-block0.5-power_2l" in out
+    assert "add7-structured-block0.8-power_2l" in out
     assert (two_runs[1] / "analysis" / "post_analysis.json").is_file()
     assert (tmp_path / "out" / "variants.csv").is_file()
     assert (tmp_path / "out" / "compare.png").is_file()

@@ -46,8 +46,8 @@ def test_preset_values():
         "random", 3000, "add", 97, "power_2l")
     assert v1.optim.weight_decay == 1.0 and v1.train.batch_size == 512
     v2 = compose_config("experiment=v2_structured")
-    assert (v2.split.name, v2.split.pattern, v2.steps, v2.train.name) == (
-        "structured", "block", 400000, "long")
+    assert (v2.split.name, v2.split.pattern, v2.split.train_frac, v2.steps, v2.train.name) == (
+        "structured", "block", 0.5, 400000, "long")
     v2b = compose_config("experiment=v2b_conflict")
     assert (v2b.split.name, v2b.steps, v2b.train.batch_size) == ("conflict", 20000, "full")
     # Command-line overrides still win over a preset.
