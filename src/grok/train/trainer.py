@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -46,6 +47,19 @@ class TrainingStopped(Exception):
     def __init__(self, step: int):
         super().__init__(f"training stopped at step {step}; resume state saved")
         self.step = step
+
+
+@contextlib.contextmanager
+def deterministic_algorithms():
+    """torch.use_deterministic_algorithms(True) inside the block (warn_only: an op without a
+    deterministic version warns instead of failing), the previous setting after it."""
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)
 
 
 def check_identity(saved: dict[str, Any], wanted: dict[str, Any], run_dir: Path) -> None:
@@ -135,9 +149,17 @@ class Trainer:
         self.should_stop: Callable[[], bool] = lambda: False
         self._loss = self._loss_fn
         self._eval_logits = self._eval_logits_fn
+        self._deterministic = contextlib.nullcontext
         if settings.compile:
-            self._loss = torch.compile(self._loss_fn)
-            self._eval_logits = torch.compile(self._eval_logits_fn)
+            # Static shapes only: with dynamo's automatic dynamic shapes, the kernel a shape gets
+            # (and its rounding) would depend on which shapes this process compiled before.
+            self._loss = torch.compile(self._loss_fn, dynamic=False)
+            self._eval_logits = torch.compile(self._eval_logits_fn, dynamic=False)
+            # Inductor writes the backward of the embedding gathers as a parallel scatter with
+            # atomic adds, whose order (and so rounding) changes from run to run on 2 threads.
+            # Under deterministic algorithms, which it checks while compiling and dynamo guards
+            # on at every call, it calls ATen's serial CPU kernel instead.
+            self._deterministic = deterministic_algorithms
         self.step = 0
         self.saved_step = -1  # step of the last resume state written by this process
         self._elapsed_before = 0.0
@@ -249,9 +271,10 @@ class Trainer:
         else:
             idx = self.sampler.batch(self.step)
             x, y = self.train_x[idx], self.train_y[idx]
-        loss = self._loss(x, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with self._deterministic():
+            loss = self._loss(x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
