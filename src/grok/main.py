@@ -54,7 +54,7 @@ def run(cfg: Config, run_dir: Path, logger: Logger | None = None,
         exit_code = 0
         return summary
     except TrainingStopped:
-        exit_code = 128 + (stop.signum or 0) if stop is not None else 1
+        exit_code = _stopped_exit_code(stop)
         raise
     finally:
         parts.logger.close(exit_code)
@@ -85,11 +85,17 @@ def run_seeds(cfg: Config, run_dir: Path, loggers: list[Logger] | None = None,
         exit_code = 0
         return summaries
     except TrainingStopped:
-        exit_code = 128 + (stop.signum or 0) if stop is not None else 1
+        exit_code = _stopped_exit_code(stop)
         raise
     finally:
         for p in parts:
             p.logger.close(exit_code)
+
+
+def _stopped_exit_code(stop: GracefulStop | None) -> int:
+    """The W&B exit code of a run stopped early: 128 + the signal's number, as a shell reports
+    a process killed by it."""
+    return 128 + (stop.signum or 0) if stop is not None else 1
 
 
 def finish(cfg: Config, parts: RunParts, rows: list[dict], device: torch.device) -> dict:

@@ -39,7 +39,6 @@ ANALYZERS = (AccuracyAnalyzer(), RankAnalyzer(), EntropyAnalyzer())
 REPORT_FILE = Path("analysis") / "post_analysis.json"
 ARRAYS_FILE = Path("analysis") / "grokking_arrays.npz"
 ACC_LEVELS = (0.95, 0.99)
-SIGNALS = ("final_layer_rank", "avg_rank", "avg_entropy")
 
 
 def grokking_suite(run, settings: AnalysisSettings, *, t_grok: int | None, device, logger: Logger,

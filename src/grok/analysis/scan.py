@@ -7,8 +7,6 @@ the scan to the CPU with a warning. Both are reported back so the runner can rec
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from grok.analysis.base import Analyzer, Probe, Result, forward_pass, load_model
+from grok.progress import progress_enabled
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +27,6 @@ class Scan:
     warnings: list[str] = field(default_factory=list)
     device: torch.device = torch.device("cpu")  # where the scan finished
     model_config: dict | None = None  # of the first checkpoint read
-
-
-def progress_enabled(wanted: bool) -> bool:
-    """Progress bars only on an interactive terminal, never in CI logs or piped output."""
-    return wanted and not os.environ.get("CI") and sys.stderr.isatty()
 
 
 def _warn(scan: Scan, message: str) -> None:

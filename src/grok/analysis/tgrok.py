@@ -18,8 +18,7 @@ curve.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,11 +39,6 @@ class TGrok:
     step_95: int | None  # first step with test accuracy >= 0.95
     step_99: int | None  # first step with test accuracy >= 0.99
     warning: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["window_steps"] = list(self.window_steps) if self.window_steps else None
-        return d
 
 
 def first_step_reaching(steps, values, level: float) -> int | None:

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +32,7 @@ from grok.analysis.base import Probe, forward_pass, load_model
 from grok.data.splits import Split
 from grok.data.tasks import Task
 from grok.errors import GrokError
+from grok.progress import progress_enabled
 from grok.tracking import Logger
 
 OUT_DIR = Path("analysis") / "trajectory"
@@ -89,10 +88,6 @@ class FeatureStore:
         self._tmp.cleanup()
 
 
-def _progress_enabled(wanted: bool) -> bool:
-    return wanted and not os.environ.get("CI") and sys.stderr.isatty()
-
-
 def extract_features(checkpoints: list[tuple[int, Path]], probe: Probe, store: FeatureStore,
                      device: torch.device, progress: bool) -> dict[str, np.ndarray]:
     """One forward pass per checkpoint; features go to `store`. Returns per-checkpoint
@@ -100,7 +95,7 @@ def extract_features(checkpoints: list[tuple[int, Path]], probe: Probe, store: F
     neg_entropy, mass = [], []
     bilinear = None
     bar = tqdm(checkpoints, desc="trajectory: checkpoints", unit="ckpt",
-               disable=not _progress_enabled(progress))
+               disable=not progress_enabled(progress))
     for step, path in bar:
         saved_step, model = load_model(path, device)
         if saved_step != step:
@@ -162,7 +157,7 @@ def similarity_matrices(store: FeatureStore, stats: dict[str, np.ndarray], n: in
         return out
 
     with tqdm(total=sim.n_block_pairs(n, block), desc="trajectory: similarity blocks",
-              disable=not _progress_enabled(progress)) as bar:
+              disable=not progress_enabled(progress)) as bar:
         raw = sim.blockwise_matrices(n, block, load, kernel, on_block=bar.update)
     matrices = {
         "tn_similarity": sim.cosine_from_gram(raw["tn"]),

@@ -7,7 +7,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from tqdm.auto import tqdm
 from grok.data.splits import Split
 from grok.data.tasks import Task
 from grok.errors import GrokError
+from grok.progress import progress_enabled
 from grok.tracking.base import Logger
 from grok.train import checkpoint as ckpt
 from grok.train.sampler import BatchSampler
@@ -114,11 +114,6 @@ def build_settings(cfg, identity: dict[str, Any]) -> TrainSettings:
         fused_optimizer=tr.fused_optimizer,
         identity=identity,
     )
-
-
-def _progress_enabled(wanted: bool) -> bool:
-    # Quiet in CI logs and when stderr is a file or a pipe (cluster logs, tests).
-    return wanted and not os.environ.get("CI") and sys.stderr.isatty()
 
 
 class Trainer:
@@ -313,7 +308,7 @@ def train_until(trainer: Any, stop: int, desc: str) -> None:
     evaluating and saving at each step boundary; save the resume state if stopped early, and
     raise TrainingStopped if `trainer.should_stop()` asked for the stop."""
     bar = tqdm(total=trainer.s.steps, initial=trainer.step, desc=desc, unit="step",
-               dynamic_ncols=True, disable=not _progress_enabled(trainer.s.progress))
+               dynamic_ncols=True, disable=not progress_enabled(trainer.s.progress))
     try:
         while trainer.step < stop and not trainer.should_stop():
             trainer._train_step()
