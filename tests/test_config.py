@@ -28,6 +28,12 @@ def test_every_group_option_composes(group):
 def test_headline_command_composes():
     cfg = compose_config("split=structured", "steps=400000")
     assert cfg.split.name == "structured" and cfg.steps == 400000 and cfg.split.pattern == "block"
+    assert cfg.train.compile == "auto"  # so that it compiles (grok.device.use_compile)
+
+
+@pytest.mark.parametrize("value,expected", [("true", True), ("false", False), ("auto", "auto")])
+def test_train_compile_takes_true_false_or_auto(value, expected):
+    assert compose_config(f"train.compile={value}").train.compile == expected
 
 
 def test_defaults():
@@ -52,6 +58,7 @@ def test_defaults():
     (["optim.betas=[0.9,1.2]"], "optim.betas"),
     (["device=tpu"], "device"),
     (["logger.mode=sometimes"], "logger.mode"),
+    (["train.compile=sometimes"], "train.compile"),
 ])
 def test_out_of_range_values_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as err:

@@ -5,10 +5,12 @@ torch.compile), within bf16 rounding for train.precision=bf16."""
 import pytest
 import torch
 
+from grok.device import AUTO_COMPILE_STEPS, use_compile
+from grok.errors import GrokError
 from grok.naming import identity
 from grok.train import checkpoint as ckpt
-from grok.train.trainer import make_optimizer
-from tests.conftest import tiny_config
+from grok.train.trainer import build_settings, make_optimizer
+from tests.conftest import compose_config, tiny_config
 from tests.test_trainer import make_trainer, without_time
 
 SMALL = ("task.p=13", "model.d_model=32", "model.d_mlp=64", "train.batch_size=32", "steps=30")
@@ -90,16 +92,41 @@ def test_compiled_run_resumes_exactly(tmp_path):
     assert without_time(resumed.fit(ckpt.load_resume_state(tmp_path / "b"))) == straight
 
 
-def test_compile_without_a_cpp_compiler_fails_before_writing_anything(tmp_path, monkeypatch):
+@pytest.fixture
+def no_cpp_compiler(monkeypatch):
     from torch._inductor import cpp_builder, exc
-
-    from grok.errors import GrokError
-    from grok.main import run
 
     def no_compiler():
         raise exc.InvalidCxxCompiler
 
     monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+
+
+def test_compile_without_a_cpp_compiler_fails_before_writing_anything(tmp_path, no_cpp_compiler):
+    from grok.main import run
+
     with pytest.raises(GrokError, match="needs a C.. compiler .* train.compile=false"):
         run(tiny_config("train.compile=true"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_compile_auto_compiles_long_cpu_runs_only():
+    cpu = torch.device("cpu")
+    assert use_compile("auto", cpu, AUTO_COMPILE_STEPS) is True
+    assert use_compile("auto", cpu, AUTO_COMPILE_STEPS - 1) is False
+    assert use_compile("auto", torch.device("cuda"), 10 * AUTO_COMPILE_STEPS) is False
+    assert use_compile(True, cpu, 10) is True and use_compile(False, cpu, 10**6) is False
+
+
+def test_compile_auto_trains_eagerly_without_a_cpp_compiler(no_cpp_compiler, caplog):
+    assert use_compile("auto", torch.device("cpu"), 10**6) is False
+    assert "no C++ compiler found, so this run trains eagerly" in caplog.text
+    with pytest.raises(GrokError, match="needs a C.. compiler"):
+        use_compile(True, torch.device("cpu"), 10)
+
+
+def test_the_headline_long_run_compiles_and_the_default_run_does_not():
+    cpu = torch.device("cpu")
+    long_run = compose_config("split=structured", "steps=400000")
+    assert build_settings(long_run, identity(long_run), cpu).compile is True
+    assert build_settings(compose_config(), {}, cpu).compile is False

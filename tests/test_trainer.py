@@ -23,7 +23,7 @@ def make_trainer(cfg, run_dir, logger=None):
                          "n_layers": cfg.model.n_layers, "d_model": cfg.model.d_model,
                          "n_heads": cfg.model.n_heads, "d_mlp": cfg.model.d_mlp,
                          "act": cfg.model.act, "layer_norm": cfg.model.layer_norm})
-    return Trainer(model, task, split, build_settings(cfg, identity(cfg)),
+    return Trainer(model, task, split, build_settings(cfg, identity(cfg), torch.device("cpu")),
                    logger or InMemoryLogger(), run_dir, torch.device("cpu"))
 
 

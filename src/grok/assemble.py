@@ -34,9 +34,12 @@ class RunParts:
 def build_run(cfg: Config, run_dir: Path, device: torch.device,
               logger: Logger | None = None) -> RunParts:
     run_dir = Path(run_dir)
+    settings = build_settings(cfg, naming.identity(cfg), device)  # may refuse train.compile=true
+    if settings.compile and cfg.train.compile == "auto":
+        print(f"train.compile=auto: compiling the training step for this {cfg.steps}-step run "
+              "(20-60 s at the first step; train.compile=false trains eagerly)", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     task = build_task(cfg.task.op, cfg.task.p)
-    settings = build_settings(cfg, naming.identity(cfg))
     resume = ckpt.load_resume_state(run_dir, map_location=device)
     if resume is not None:
         check_identity(resume.get("identity", {}), settings.identity, run_dir)

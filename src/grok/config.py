@@ -76,7 +76,9 @@ class TrainConfig:
     checkpoint_spacing: str = "log+linear"
     resume_every: int = 1000  # steps between resume-state (last.pt) saves
     progress: bool = True
-    compile: bool = False  # torch.compile the training loss and the evaluation forward pass
+    # torch.compile the training loss and the evaluation forward pass: true, false, or auto (runs
+    # of 20k steps or more on the CPU, when a C++ compiler is present; grok.device.use_compile)
+    compile: Any = "auto"
     precision: str = "fp32"  # fp32 | bf16 (bfloat16 autocast for the training matmuls)
     fused_optimizer: bool = True  # fused AdamW kernel on CPU/CUDA (else foreach)
 
@@ -202,6 +204,8 @@ def check(cfg: Config) -> Config:
         _fail("train.checkpoints", tr.checkpoints, "must be >= 0")
     _one_of("train.checkpoint_spacing", tr.checkpoint_spacing, CHECKPOINT_SPACINGS)
     _one_of("train.precision", tr.precision, PRECISIONS)
+    if not (isinstance(tr.compile, bool) or tr.compile == "auto"):
+        _fail("train.compile", tr.compile, "choose true, false or auto")
 
     check_analysis(cfg.analysis)
     _one_of("logger.backend", cfg.logger.backend, LOGGERS)

@@ -23,7 +23,7 @@ from grok import naming, plots
 from grok.analysis.runner import analysis_lines, run_analysis, settings_from_config
 from grok.assemble import RunParts, build_run
 from grok.config import Config, register_configs, to_config
-from grok.device import check_compile_support, resolve_device
+from grok.device import resolve_device
 from grok.errors import GrokError
 from grok.tracking import Logger
 from grok.train import checkpoint as ckpt
@@ -43,8 +43,6 @@ def run(cfg: Config, run_dir: Path, logger: Logger | None = None,
     if cfg.seeds:
         return run_seeds(cfg, run_dir, stop=stop)[0]
     device = resolve_device(cfg.device)
-    if cfg.train.compile:
-        check_compile_support(device)
     parts = build_run(cfg, Path(run_dir), device, logger)
     if stop is not None:
         parts.trainer.should_stop = stop

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from grok.data.splits import Split
 from grok.data.tasks import Task
+from grok.device import use_compile
 from grok.errors import GrokError
 from grok.progress import progress_enabled
 from grok.tracking.base import Logger
@@ -94,8 +95,9 @@ class TrainSettings:
     identity: dict[str, Any] = field(default_factory=dict)
 
 
-def build_settings(cfg, identity: dict[str, Any]) -> TrainSettings:
-    """TrainSettings from a checked grok.config.Config."""
+def build_settings(cfg, identity: dict[str, Any], device: torch.device) -> TrainSettings:
+    """TrainSettings from a checked grok.config.Config for training on `device` (which decides
+    train.compile=auto; raises GrokError when train.compile=true cannot work there)."""
     tr, o = cfg.train, cfg.optim
     return TrainSettings(
         steps=cfg.steps,
@@ -109,7 +111,7 @@ def build_settings(cfg, identity: dict[str, Any]) -> TrainSettings:
         checkpoint_steps=checkpoint_steps(cfg.steps, tr.checkpoints, tr.checkpoint_spacing),
         resume_every=tr.resume_every,
         progress=tr.progress,
-        compile=tr.compile,
+        compile=use_compile(tr.compile, device, cfg.steps),
         precision=tr.precision,
         fused_optimizer=tr.fused_optimizer,
         identity=identity,
