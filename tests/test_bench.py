@@ -18,7 +18,7 @@ def test_quick_bench_reports_every_section(tmp_path, capsys):
     assert result["peak"]["fp32_gflops"] > 0
     for name in ("power_2l", "nanda_1l"):
         step = result["step"][name]
-        for key in ("steps_per_s", "gflop_per_step", "gflops", "fraction_of_peak",
+        for key in ("steps_per_s", "gflop_per_step", "gflops", "fraction_of_peak", "peak_gflops",
                     "plain_steps_per_s", "speedup_vs_plain", "bf16_steps_per_s"):
             assert step[key] > 0, (name, key)
         # the fast step skips work the plain step does
@@ -27,7 +27,10 @@ def test_quick_bench_reports_every_section(tmp_path, capsys):
     assert result["default"]["steps"] == 200 and result["default"]["process_wall_s"] > 0
     assert result["long"]["steps"] == 400_000 and result["long"]["projected_h"] > 0
     assert set(result["seeds"]) == {"single_trainer_steps_per_s", "K=1", "K=2"}
-    assert result["analysis"]["forward"]["checkpoints"] == 3
+    # every configured suite, end to end on a run of the default experiment's 3 checkpoints
+    assert set(result["analysis"]) == {"forward", "grokking", "trajectory", "full"}
+    for name, suite in result["analysis"].items():
+        assert suite["checkpoints"] == 3 and suite["checkpoints_per_s"] > 0, name
 
 
 def test_bench_plain_step_trains_the_same_function(tmp_path):

@@ -4,7 +4,8 @@ Prints a table and one JSON object (also written to --json PATH): the fp32 (and 
 training steps/s, matmul FLOPs per step and achieved GFLOP/s for power_2l (p = 97, batch 512) and
 nanda_1l (p = 113, 30% split, full batch) next to a plain public-code-style step, the evaluation
 pass, the default experiment's wall time to 99% test accuracy, the projected time of
-`split=structured steps=400000 train=long`, seed-steps/s of seed batches and analysis throughput.
+`split=structured steps=400000` (the speed issue's long run, as typed), seed-steps/s of seed batches
+and the throughput of each analysis suite.
 
 Every comparison inside one section (baseline vs fast step, fp32 vs bf16, K seeds) is measured in
 interleaved rounds and reported as the median, so the ratios stay meaningful on a shared machine
@@ -35,8 +36,9 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from grok.analysis.base import Probe, forward_pass, load_model
+from grok.analysis.runner import SUITES, run_analysis, settings_from_config
 from grok.assemble import model_config
-from grok.config import Config, compose
+from grok.config import AnalysisConfig, Config, compose
 from grok.data.splits import load_split, make_split, save_split
 from grok.data.tasks import build_task
 from grok.device import resolve_device
@@ -107,7 +109,20 @@ def forward_suite(run_dir: Path, device: torch.device) -> int:
     return len(checkpoints)
 
 
-ANALYSIS_SUITES: dict[str, AnalysisSuite] = {"forward": forward_suite}
+def configured_suite(name: str) -> AnalysisSuite:
+    """`analysis=<name>` as a run ends with it: every step of the suite, files and plots
+    included, with the suite's default settings."""
+    def analyse(run_dir: Path, device: torch.device) -> int:
+        run_analysis(run_dir, name, settings_from_config(AnalysisConfig(name=name)), device,
+                     NullLogger(), progress=False)
+        return len(ckpt.list_checkpoints(run_dir))
+    return analyse
+
+
+ANALYSIS_SUITES: dict[str, AnalysisSuite] = {
+    "forward": forward_suite,
+    **{name: configured_suite(name) for name, steps in SUITES.items() if steps},
+}
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -220,7 +235,10 @@ def bench_peak(scale: Scale) -> dict:
 
 
 def bench_step(name: str, overrides: tuple[str, ...], scale: Scale, device: torch.device,
-               peak: float, tmp: Path, compiled: bool) -> dict:
+               tmp: Path, compiled: bool) -> dict:
+    """Steps/s of the fast step, its variants and the plain step, and the fraction of the fp32
+    matmul peak the fast step reaches, with the peak's matmul timed in the same interleaved rounds
+    (a peak measured minutes apart can catch this shared machine in another mood)."""
     cfg = compose(*overrides, "logger=none", f"device={device.type}")
     fast = build_trainer(cfg, tmp / f"{name}_fast", device)
     bf16 = build_trainer(compose(*overrides, "logger=none", "train.precision=bf16"),
@@ -229,8 +247,11 @@ def bench_step(name: str, overrides: tuple[str, ...], scale: Scale, device: torc
     plain = PlainStep(build_trainer(cfg, tmp / f"{name}_plain", device))
     foreach = build_trainer(compose(*overrides, "logger=none", "train.fused_optimizer=false"),
                             tmp / f"{name}_foreach", device)
+    n = scale.peak_n
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     fns: dict[str, Callable[[], Any]] = {"fast": fast._train_step, "bf16": bf16._train_step,
-                                         "foreach_adamw": foreach._train_step, "plain": plain}
+                                         "foreach_adamw": foreach._train_step, "plain": plain,
+                                         "peak": lambda: a @ b}
     n_threads = {}
     if device.type == "cpu" and torch.get_num_threads() > 1:
         fns["one_thread"] = build_trainer(cfg, tmp / f"{name}_1t", device)._train_step
@@ -244,10 +265,14 @@ def bench_step(name: str, overrides: tuple[str, ...], scale: Scale, device: torc
         out["compile_s"] = time.perf_counter() - start
         fns["compiled"] = comp._train_step
     sec = interleaved(fns, scale.rounds, scale.reps, n_threads)
+    peak = 2 * n**3 / sec.pop("peak") / 1e9
     flops = matmul_flops(fast._train_step)
     plain_flops = matmul_flops(plain)
+    if compiled:
+        out["compiled_fraction_of_peak"] = flops / sec["compiled"] / 1e9 / peak
     out.update({
         "batch": len(fast.train_x) if fast.sampler.full_batch else fast.s.batch_size,
+        "peak_gflops": peak,
         "steps_per_s": 1 / sec["fast"],
         "gflop_per_step": flops / 1e9,
         "gflops": flops / sec["fast"] / 1e9,
@@ -327,17 +352,15 @@ def bench_seeds(scale: Scale, device: torch.device, tmp: Path) -> dict:
 
 
 def bench_analysis(scale: Scale, device: torch.device, tmp: Path) -> dict:
-    """Checkpoints per second of each analysis suite, on a run directory of power_2l
-    checkpoints (freshly initialised weights: the throughput does not depend on them)."""
-    cfg = compose(*scale.power, "logger=none")
-    run_dir = tmp / "analysis_run"
-    task = build_task(cfg.task.op, cfg.task.p)
-    save_split(make_split(task, cfg.split.name, cfg.split.train_frac, cfg.seed), run_dir /
-               "split.pt")
-    for i in range(scale.checkpoints):
-        torch.manual_seed(i)
-        model = build_model(model_config(cfg, task))
-        ckpt.save_weights(run_dir, i, model, model.config_dict(), {"op": task.op, "p": task.p})
+    """Checkpoints per second of the shared forward pass and of each analysis suite, on the run
+    directory of the default experiment trained with scale.checkpoints checkpoints (so that
+    t_grok and the checkpoint selection are those of a run that groks)."""
+    trainer = build_trainer(compose(*scale.default, "logger=none", "train.progress=false",
+                                    f"train.checkpoints={scale.checkpoints}"),
+                            tmp / "analysis_run", device)
+    run_dir = trainer.run_dir
+    save_split(trainer.split, run_dir / "split.pt")
+    trainer.fit()
     out = {}
     for name, suite in ANALYSIS_SUITES.items():
         start = clock()
@@ -361,16 +384,20 @@ def table(r: dict) -> str:
                                      f"bf16 {_f(r['peak']['bf16_gflops'], '.0f')} GFLOP/s"))
     for name, s in r.get("step", {}).items():
         extra = "".join(f", {k[:-12]} {_f(v)}" for k, v in s.items()
-                        if k.endswith("_steps_per_s") and k not in ("plain_steps_per_s",))
+                        if k.endswith("_steps_per_s")
+                        and k not in ("plain_steps_per_s", "compiled_steps_per_s"))
         lines.append((f"{name} step (batch {s['batch']})",
                       f"{_f(s['steps_per_s'])} steps/s, {_f(s['gflop_per_step'], '.2f')} "
                       f"GFLOP/step, {_f(s['gflops'], '.0f')} GFLOP/s = "
-                      f"{_f(100 * s['fraction_of_peak'], '.0f')}% of peak; plain "
+                      f"{_f(100 * s['fraction_of_peak'], '.0f')}% of peak "
+                      f"({_f(s['peak_gflops'], '.0f')} GFLOP/s in the same rounds); plain "
                       f"{_f(s['plain_steps_per_s'])} steps/s "
                       f"({_f(s['plain_gflop_per_step'], '.2f')} GFLOP) -> "
                       f"x{_f(s['speedup_vs_plain'], '.2f')}{extra}"))
         if "compile_s" in s:
-            lines.append((f"{name} compile", f"{_f(s['compile_s'])} s"))
+            lines.append((f"{name} compiled", f"{_f(s['compiled_steps_per_s'])} steps/s = "
+                          f"{_f(100 * s['compiled_fraction_of_peak'], '.0f')}% of peak; "
+                          f"compiling {_f(s['compile_s'])} s"))
     if "eval" in r:
         e = r["eval"]
         lines.append(("evaluation pass", f"{_f(1000 * e['eval_s'], '.0f')} ms on {e['rows']} rows"
@@ -424,13 +451,11 @@ def run_bench(quick: bool = False, sections: tuple[str, ...] = SECTIONS, device:
                               "machine": machine()}
     with tempfile.TemporaryDirectory(prefix="grok-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        peak = bench_peak(scale)
         if "peak" in sections:
-            result["peak"] = peak
+            result["peak"] = bench_peak(scale)
         if "step" in sections or "eval" in sections:
             log("bench: training steps")
-            result["step"] = {name: bench_step(name, over, scale, dev, peak["fp32_gflops"], tmp,
-                                               compiled)
+            result["step"] = {name: bench_step(name, over, scale, dev, tmp, compiled)
                               for name, over in (("power_2l", scale.power),
                                                  ("nanda_1l", scale.nanda))}
         if "eval" in sections:
