@@ -76,3 +76,14 @@ def tiny_runs(tmp_path_factory):
         record.write_text(yaml.safe_dump(config_dict(cfg)))
         runs[name] = (run_dir, logger)
     return runs
+
+
+@pytest.fixture
+def no_cpp_compiler(monkeypatch):
+    """torch.compile finds no C++ compiler (as on a machine without g++)."""
+    from torch._inductor import cpp_builder, exc
+
+    def no_compiler():
+        raise exc.InvalidCxxCompiler
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)

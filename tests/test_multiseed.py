@@ -120,3 +120,15 @@ def test_models_without_features_train_whole_under_vmap(tmp_path):
         alone = make_trainer(c, tmp_path / f"alone{i}").fit()
         for a, b in zip(without_time(batched_rows[i]), without_time(alone)):
             assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
+
+
+def test_a_seed_batch_trains_eagerly_whatever_train_compile_says(tmp_path, no_cpp_compiler):
+    """SeedBatch has its own (eager) step: train.compile=true must not demand a C++ compiler,
+    and each seed's saved config keeps what the command asked for."""
+    run_seeds(tiny_config("task.p=11", "steps=4", "train.compile=true", "seeds=[0,1]"),
+              tmp_path / "batch", [InMemoryLogger() for _ in range(2)])
+    for seed in (0, 1):
+        seed_dir = tmp_path / "batch" / f"seed_{seed}"
+        assert rows(seed_dir)[-1]["step"] == 4
+        saved = yaml.safe_load((seed_dir / ".hydra" / "config.yaml").read_text())
+        assert saved["train"]["compile"] is True

@@ -92,16 +92,6 @@ def test_compiled_run_resumes_exactly(tmp_path):
     assert without_time(resumed.fit(ckpt.load_resume_state(tmp_path / "b"))) == straight
 
 
-@pytest.fixture
-def no_cpp_compiler(monkeypatch):
-    from torch._inductor import cpp_builder, exc
-
-    def no_compiler():
-        raise exc.InvalidCxxCompiler
-
-    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
-
-
 def test_compile_without_a_cpp_compiler_fails_before_writing_anything(tmp_path, no_cpp_compiler):
     from grok.main import run
 

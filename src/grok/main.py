@@ -74,7 +74,10 @@ def run_seeds(cfg: Config, run_dir: Path, loggers: list[Logger] | None = None,
             seed_dir = Path(run_dir) / f"seed_{c.seed}"
             (seed_dir / ".hydra").mkdir(parents=True, exist_ok=True)
             OmegaConf.save(OmegaConf.structured(c), seed_dir / ".hydra" / "config.yaml")
-            parts.append(build_run(c, seed_dir, device, loggers[i] if loggers else None))
+            # A seed batch trains eagerly (SeedBatch has its own step), so train.compile must
+            # neither ask for a compiler nor announce a compile here.
+            eager = dataclasses.replace(c, train=dataclasses.replace(c.train, compile=False))
+            parts.append(build_run(eager, seed_dir, device, loggers[i] if loggers else None))
         batch = SeedBatch([p.trainer for p in parts])
         if stop is not None:
             batch.should_stop = stop
