@@ -108,19 +108,40 @@ def _legend(ax) -> None:
 
 
 GROKKING_PANELS = {"accuracy": _accuracy_panel, "rank": _rank_panel, "entropy": _entropy_panel}
+# A run this many times longer than its t_grok gets a logarithmic step axis: on a linear one the
+# transition of a 400k-step run (t_grok near 1000) would fill the first pixel of the plot.
+LOG_STEP_AXIS_RATIO = 20
+
+
+def grokking_step_scale(report: dict) -> str:
+    """"linear", or "symlog" (logarithmic from step 1, with step 0 still shown) when the last
+    plotted step is at least LOG_STEP_AXIS_RATIO times t_grok."""
+    t = report["t_grok"]
+    steps = list(report["checkpoint_steps"]) + list(
+        (report.get("training_metrics") or {}).get("step") or [])
+    return "symlog" if t and max(steps) >= LOG_STEP_AXIS_RATIO * t else "linear"
+
+
+def _set_step_scale(ax, scale: str) -> None:
+    if scale == "symlog":
+        ax.set_xscale("symlog", linthresh=1, linscale=0.5)
+        ax.set_xlim(left=0)
 
 
 def grokking_figures(report: dict, folder: Path, title: str = "") -> dict[str, Path]:
     """plots/grokking_{accuracy,rank,entropy}.png and the combined plots/grokking.png: values
-    against step (linear, unsmoothed) with a vertical line at t_grok."""
+    against step (unsmoothed; linear, or logarithmic for runs much longer than t_grok, see
+    grokking_step_scale) with a vertical line at t_grok."""
     folder = Path(folder)
     paths: dict[str, Path] = {}
     t = report["t_grok"]
+    scale = grokking_step_scale(report)
     for name, panel in GROKKING_PANELS.items():
         fig, ax = plt.subplots(figsize=(7, 4))
         panel(ax, report)
         _t_grok_line(ax, t)
-        ax.set(xlabel="step")
+        _set_step_scale(ax, scale)
+        ax.set(xlabel="step" if scale == "linear" else "step (log scale)")
         ax.grid(alpha=0.3)
         _legend(ax)
         if title:
@@ -130,9 +151,10 @@ def grokking_figures(report: dict, folder: Path, title: str = "") -> dict[str, P
     for ax, panel in zip(axes, GROKKING_PANELS.values()):
         panel(ax, report)
         _t_grok_line(ax, t)
+        _set_step_scale(ax, scale)
         ax.grid(alpha=0.3)
         _legend(ax)
-    axes[-1].set(xlabel="step")
+    axes[-1].set(xlabel="step" if scale == "linear" else "step (log scale)")
     method = report["t_grok_method"]
     fig.suptitle(title or (f"t_grok = {t} ({method})" if t is not None
                            else "t_grok not detected"))

@@ -1,0 +1,60 @@
+"""The step axis of the grokking figures: linear for runs of about t_grok's length, logarithmic
+for runs much longer than it (where a linear axis would squeeze the transition into a pixel)."""
+
+import pytest
+
+from grok import plots
+
+
+def report(t_grok, last_step, eval_every):
+    """A minimal grokking report of a 2-layer model: checkpoints at 0, 1, 10, ..., evaluations
+    every eval_every steps up to last_step."""
+    ckpts = [0] + [10**k for k in range(len(str(last_step)))]
+    ckpts = sorted({s for s in ckpts if s <= last_step} | {last_step})
+    evals = list(range(0, last_step + 1, eval_every))
+    return {
+        "t_grok": t_grok, "t_grok_method": "sharpest_rise", "model": {"d_model": 8, "n_ctx": 3},
+        "checkpoint_steps": ckpts, "test_accuracy": [0.5] * len(ckpts),
+        "full_analyses": [{"rank": [4.0, 3.0], "layer_entropy": [0.5, 0.6]} for _ in ckpts],
+        "final_layer_rank": [3.0] * len(ckpts), "avg_entropy": [0.55] * len(ckpts),
+        "training_metrics": {"step": evals, "train/acc": [1.0] * len(evals),
+                             "test/acc": [0.5] * len(evals)},
+    }
+
+
+@pytest.mark.parametrize(("t_grok", "last_step", "scale"), [
+    (1000, 400_000, "symlog"),  # the headline long run
+    (1000, 20_000, "symlog"),  # exactly LOG_STEP_AXIS_RATIO times t_grok
+    (1000, 19_900, "linear"),
+    (450, 1000, "linear"),  # the default experiment
+    (None, 400_000, "linear"),  # no t_grok: nothing to scale by
+])
+def test_step_scale_follows_the_run_length_over_t_grok(t_grok, last_step, scale):
+    assert plots.grokking_step_scale(report(t_grok, last_step, 100)) == scale
+
+
+def test_step_scale_counts_evaluations_after_the_last_checkpoint():
+    r = report(1000, 10_000, 100)
+    r["training_metrics"]["step"].append(50_000)
+    assert plots.grokking_step_scale(r) == "symlog"
+
+
+@pytest.mark.parametrize(("last_step", "scale"), [(400_000, "symlog"), (2000, "linear")])
+def test_every_grokking_figure_uses_the_scale_and_still_shows_step_0(
+        tmp_path, monkeypatch, last_step, scale):
+    seen = {}
+    save = plots._save
+
+    def record(fig, path):
+        seen[path.name] = [(ax.get_xscale(), ax.get_xlim()[0]) for ax in fig.axes]
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", record)
+    paths = plots.grokking_figures(report(1000, last_step, 500), tmp_path)
+    assert sorted(seen) == sorted(p.name for p in paths.values())
+    assert len(seen["grokking.png"]) == 3
+    for axes in seen.values():
+        for xscale, left in axes:
+            assert xscale == scale
+            assert left <= 0  # step 0 (initialisation) stays on the plot
+    assert all(p.stat().st_size > 0 for p in paths.values())
