@@ -59,6 +59,8 @@ def test_defaults():
     (["device=tpu"], "device"),
     (["logger.mode=sometimes"], "logger.mode"),
     (["train.compile=sometimes"], "train.compile"),
+    (["train.checkpoints=many"], "train.checkpoints"),
+    (["train.checkpoints=-1"], "train.checkpoints"),
 ])
 def test_out_of_range_values_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as err:

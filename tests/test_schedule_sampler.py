@@ -1,7 +1,9 @@
 import torch
 
 from grok.train.sampler import BatchSampler
-from grok.train.schedule import checkpoint_steps, eval_steps
+from grok.train.schedule import LONG_RUN_STEPS, checkpoint_count, checkpoint_steps, eval_steps
+from grok.train.trainer import build_settings
+from tests.conftest import compose_config
 
 
 def test_log_linear_checkpoints_are_dense_early_and_include_ends():
@@ -17,6 +19,28 @@ def test_linear_and_log_spacing():
     log = checkpoint_steps(10_000, 5, "log")
     assert log == [0, 1, 10, 100, 1000, 10_000]
     assert checkpoint_steps(100, 0, "log") == []
+
+
+def test_checkpoint_count_auto_grows_for_long_runs_and_a_count_is_kept():
+    assert checkpoint_count("auto", 1000) == 12
+    assert checkpoint_count("auto", LONG_RUN_STEPS - 1) == 12
+    assert checkpoint_count("auto", LONG_RUN_STEPS) == 200
+    assert checkpoint_count(7, 400_000) == 7 and checkpoint_count(0, 10) == 0
+
+
+def test_the_headline_long_run_has_checkpoints_around_its_transition():
+    # 12 log+linear checkpoints of a 400k-step run left none between steps 174 and 2297, where
+    # the structured run's t_grok (~1100) lies; auto must put several in every decade there.
+    cpu = torch.device("cpu")
+    headline = compose_config("split=structured", "steps=400000")
+    assert headline.train.checkpoints == "auto"
+    steps = build_settings(headline, {}, cpu).checkpoint_steps
+    assert len(steps) > 150
+    for lo, hi in ((100, 1000), (1000, 10_000)):
+        assert len([s for s in steps if lo <= s < hi]) >= 10
+    # the default 1000-step run keeps its 12 (11 distinct after rounding)
+    assert build_settings(compose_config(), {}, cpu).checkpoint_steps == checkpoint_steps(
+        1000, 12, "log+linear")
 
 
 def test_eval_steps_cover_cadence_and_checkpoints():

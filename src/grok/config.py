@@ -72,7 +72,8 @@ class TrainConfig:
     name: str = "default"
     batch_size: Any = 512  # a positive int, or "full" for full-batch training
     eval_every: int = 100
-    checkpoints: int = 100  # number of weights-only analysis checkpoints
+    # number of weights-only analysis checkpoints, or auto (grok.train.schedule.checkpoint_count)
+    checkpoints: Any = 100
     checkpoint_spacing: str = "log+linear"
     resume_every: int = 1000  # steps between resume-state (last.pt) saves
     progress: bool = True
@@ -200,8 +201,9 @@ def check(cfg: Config) -> Config:
         _positive("train.batch_size", tr.batch_size)
     _positive("train.eval_every", tr.eval_every)
     _positive("train.resume_every", tr.resume_every)
-    if tr.checkpoints < 0:
-        _fail("train.checkpoints", tr.checkpoints, "must be >= 0")
+    n = tr.checkpoints
+    if n != "auto" and not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):
+        _fail("train.checkpoints", tr.checkpoints, "choose a count >= 0 or auto")
     _one_of("train.checkpoint_spacing", tr.checkpoint_spacing, CHECKPOINT_SPACINGS)
     _one_of("train.precision", tr.precision, PRECISIONS)
     if not (isinstance(tr.compile, bool) or tr.compile == "auto"):

@@ -4,6 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 
+# train.checkpoints=auto: a short run needs few analysis checkpoints, but a long one needs many,
+# or its log-spaced half leaves the grokking transition between two of them (12 checkpoints of a
+# 400k-step run: none between steps 174 and 2297, where t_grok lies). From LONG_RUN_STEPS steps
+# on, auto saves as many as train=long.
+LONG_RUN_STEPS = 20_000
+AUTO_CHECKPOINTS = 12
+AUTO_CHECKPOINTS_LONG = 200
+
+
+def checkpoint_count(setting: int | str, steps: int) -> int:
+    """The number of analysis checkpoints train.checkpoints asks for: an int as given, or auto
+    (AUTO_CHECKPOINTS, or AUTO_CHECKPOINTS_LONG for runs of at least LONG_RUN_STEPS steps)."""
+    if setting == "auto":
+        return AUTO_CHECKPOINTS_LONG if steps >= LONG_RUN_STEPS else AUTO_CHECKPOINTS
+    return int(setting)
+
 
 def checkpoint_steps(steps: int, count: int, spacing: str) -> list[int]:
     """About `count` distinct steps in [0, steps], always including 0 and `steps`.

@@ -26,7 +26,7 @@ from grok.progress import progress_enabled
 from grok.tracking.base import Logger
 from grok.train import checkpoint as ckpt
 from grok.train.sampler import BatchSampler
-from grok.train.schedule import checkpoint_steps, eval_steps
+from grok.train.schedule import checkpoint_count, checkpoint_steps, eval_steps
 
 METRICS_FILE = "metrics.jsonl"
 # Rows per evaluation forward pass: small enough for the activations to stay in cache (an
@@ -108,7 +108,8 @@ def build_settings(cfg, identity: dict[str, Any], device: torch.device) -> Train
         warmup_steps=o.warmup_steps,
         seed=cfg.seed,
         eval_every=tr.eval_every,
-        checkpoint_steps=checkpoint_steps(cfg.steps, tr.checkpoints, tr.checkpoint_spacing),
+        checkpoint_steps=checkpoint_steps(cfg.steps, checkpoint_count(tr.checkpoints, cfg.steps),
+                                          tr.checkpoint_spacing),
         resume_every=tr.resume_every,
         progress=tr.progress,
         compile=use_compile(tr.compile, device, cfg.steps),
