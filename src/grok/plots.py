@@ -122,10 +122,13 @@ def grokking_step_scale(report: dict) -> str:
     return "symlog" if t and max(steps) >= LOG_STEP_AXIS_RATIO * t else "linear"
 
 
-def _set_step_scale(ax, scale: str) -> None:
-    if scale == "symlog":
-        ax.set_xscale("symlog", linthresh=1, linscale=0.5)
-        ax.set_xlim(left=0)
+def _set_step_scale(ax, scale: str) -> str:
+    """Apply grokking_step_scale's choice to ax; return the step axis label that names it."""
+    if scale == "linear":
+        return "step"
+    ax.set_xscale("symlog", linthresh=1, linscale=0.5)
+    ax.set_xlim(left=0)
+    return "step (log scale)"
 
 
 def grokking_figures(report: dict, folder: Path, title: str = "") -> dict[str, Path]:
@@ -140,8 +143,7 @@ def grokking_figures(report: dict, folder: Path, title: str = "") -> dict[str, P
         fig, ax = plt.subplots(figsize=(7, 4))
         panel(ax, report)
         _t_grok_line(ax, t)
-        _set_step_scale(ax, scale)
-        ax.set(xlabel="step" if scale == "linear" else "step (log scale)")
+        ax.set(xlabel=_set_step_scale(ax, scale))
         ax.grid(alpha=0.3)
         _legend(ax)
         if title:
@@ -151,10 +153,10 @@ def grokking_figures(report: dict, folder: Path, title: str = "") -> dict[str, P
     for ax, panel in zip(axes, GROKKING_PANELS.values()):
         panel(ax, report)
         _t_grok_line(ax, t)
-        _set_step_scale(ax, scale)
+        label = _set_step_scale(ax, scale)
         ax.grid(alpha=0.3)
         _legend(ax)
-    axes[-1].set(xlabel="step" if scale == "linear" else "step (log scale)")
+    axes[-1].set(xlabel=label)
     method = report["t_grok_method"]
     fig.suptitle(title or (f"t_grok = {t} ({method})" if t is not None
                            else "t_grok not detected"))
