@@ -61,6 +61,8 @@ def test_defaults():
     (["train.compile=sometimes"], "train.compile"),
     (["train.checkpoints=many"], "train.checkpoints"),
     (["train.checkpoints=-1"], "train.checkpoints"),
+    (["train.eval_every=0"], "train.eval_every"),
+    (["train.eval_every=often"], "train.eval_every"),
 ])
 def test_out_of_range_values_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as err:

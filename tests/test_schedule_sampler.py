@@ -48,6 +48,29 @@ def test_eval_steps_cover_cadence_and_checkpoints():
     assert at == {0, 30, 60, 90, 100, 7, 55}
 
 
+def test_eval_every_auto_is_every_100_steps_to_step_20k_then_every_500():
+    assert LONG_RUN_STEPS == 20_000
+    at = eval_steps(400_001, "auto", [3, 20_050, 123_457])
+    expected = ({s for s in range(0, 400_002) if s % 100 == 0 and s <= 20_000}
+                | {s for s in range(0, 400_002) if s % 500 == 0 and s > 20_000}
+                | {3, 20_050, 123_457, 400_001})
+    assert at == expected
+    assert 20_100 not in at and 20_500 in at
+    # below 20k steps it is every 100 steps, as the default runs were evaluated before auto
+    assert eval_steps(1000, "auto", [7]) == eval_steps(1000, 100, [7])
+    assert eval_steps(LONG_RUN_STEPS, "auto", []) == eval_steps(LONG_RUN_STEPS, 100, [])
+
+
+def test_the_headline_long_run_evaluates_about_a_thousand_times():
+    # every 100 steps throughout, the 400k-step structured run evaluated 4006 times (~4% of it)
+    s = build_settings(compose_config("split=structured", "steps=400000"), {},
+                       torch.device("cpu"))
+    assert s.eval_every == "auto"
+    at = eval_steps(s.steps, s.eval_every, s.checkpoint_steps)
+    assert 1000 <= len(at) <= 1200
+    assert set(range(0, 20_001, 100)) <= at and set(s.checkpoint_steps) <= at
+
+
 def test_batches_are_a_function_of_the_step():
     a, b = BatchSampler(100, 32, seed=5), BatchSampler(100, 32, seed=5)
     for step in [0, 1, 2, 3, 7, 2, 0]:  # out of order, as after a resume

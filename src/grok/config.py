@@ -71,7 +71,9 @@ class OptimConfig:
 class TrainConfig:
     name: str = "default"
     batch_size: Any = 512  # a positive int, or "full" for full-batch training
-    eval_every: int = 100
+    # steps between evaluations, or auto (every 100 to step 20k, every 500 after it;
+    # grok.train.schedule.eval_steps)
+    eval_every: Any = "auto"
     # number of weights-only analysis checkpoints, or auto (grok.train.schedule.checkpoint_count)
     checkpoints: Any = 100
     checkpoint_spacing: str = "log+linear"
@@ -152,8 +154,12 @@ def _one_of(key: str, value: Any, options: tuple[str, ...]) -> None:
         _fail(key, value, "choose one of " + ", ".join(options))
 
 
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
 def _positive(key: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    if not _is_int(value, minimum=1):
         _fail(key, value, "must be a positive integer")
 
 
@@ -199,10 +205,10 @@ def check(cfg: Config) -> Config:
 
     if tr.batch_size != "full":
         _positive("train.batch_size", tr.batch_size)
-    _positive("train.eval_every", tr.eval_every)
+    if tr.eval_every != "auto" and not _is_int(tr.eval_every, minimum=1):
+        _fail("train.eval_every", tr.eval_every, "choose a number of steps >= 1 or auto")
     _positive("train.resume_every", tr.resume_every)
-    n = tr.checkpoints
-    if n != "auto" and not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):
+    if tr.checkpoints != "auto" and not _is_int(tr.checkpoints, minimum=0):
         _fail("train.checkpoints", tr.checkpoints, "choose a count >= 0 or auto")
     _one_of("train.checkpoint_spacing", tr.checkpoint_spacing, CHECKPOINT_SPACINGS)
     _one_of("train.precision", tr.precision, PRECISIONS)

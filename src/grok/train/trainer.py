@@ -83,7 +83,7 @@ class TrainSettings:
     betas: tuple[float, float]
     warmup_steps: int
     seed: int
-    eval_every: int
+    eval_every: int | str  # steps, or "auto" (grok.train.schedule.eval_steps)
     checkpoint_steps: list[int]
     resume_every: int
     progress: bool = True
