@@ -11,6 +11,7 @@ import torch
 
 from grok.analysis import scan as scan_module
 from grok.analysis.base import Probe, forward_pass, load_model
+from grok.analysis.grokking import summary_line
 from grok.analysis.runner import SUITES, AnalysisError, AnalysisSettings, run_analysis
 from grok.config import ANALYSIS_SUITES
 from grok.data.splits import SplitError, load_split, make_split, save_split
@@ -123,6 +124,9 @@ def test_forced_t_grok_sets_relative_steps_and_selection(copy):
                                                        "after"]
     lag = report["alignment"]["final_layer_rank_sharpest_drop"]
     assert lag["lag"] == lag["step"] - t
+    line = summary_line(report, copy)
+    assert line.startswith(f"grokking: t_grok {t} (forced); ")
+    assert f"final_layer_rank drop at {lag['step']} (lag {lag['lag']:+d})" in line
     assert report["before_after"]["after"]["step"] >= t >= report["before_after"]["before"]["step"]
 
 
@@ -139,6 +143,8 @@ def test_undetected_t_grok_is_null_with_a_warning(copy, caplog):
     message = "maximum accuracy increase below threshold (0.0000 < 0.15"
     assert any(message in w for w in report["warnings"])
     assert message in caplog.text
+    assert summary_line(report, copy).startswith(
+        "grokking: t_grok not detected; test acc >= 0.95 at never, >= 0.99 at never; ")
     # the recomputed accuracies no longer match the edited metrics: that is flagged too
     assert any("differs from metrics.jsonl" in w for w in report["warnings"])
 

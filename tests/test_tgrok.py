@@ -88,3 +88,17 @@ def test_recovery_from_a_loss_spike_is_not_grokking():
     raw = detect_t_grok(STEPS, acc, monotone=False)
     assert raw.t_grok == 3100 and raw.max_rise == pytest.approx(0.95)
     assert detect_t_grok(STEPS, acc).t_grok == 1000
+
+
+def test_a_run_stopped_mid_rise_is_flagged():
+    acc = sigmoid(5100, 100)  # the rise is centred past the last evaluation (5000)
+    tg = detect_t_grok(STEPS, acc)
+    assert tg.t_grok == 5000 and tg.max_rise > 0.15
+    assert tg.warning.startswith(f"t_grok 5000 is the last evaluation and test accuracy there is "
+                                 f"only {acc[-1]:.3f}")
+    # a rise that completes at the last evaluation is grokking, not a run cut short
+    done = np.where(STEPS >= 5000, 1.0, 0.02)
+    assert detect_t_grok(STEPS, done).t_grok == 5000
+    assert detect_t_grok(STEPS, done).warning is None
+    # forcing t_grok answers the warning
+    assert detect_t_grok(STEPS, acc, forced=4000).warning is None

@@ -243,12 +243,15 @@ def summary_line(report: dict[str, Any], run_dir: Path) -> str:
     else:
         lo, hi = report["t_grok_window_steps"]
         head = f"t_grok {t} (rise {report['t_grok_max_rise']:.2f} over steps {lo}-{hi})"
-    parts = [head, f"test acc >= 0.95 at {report['step_test_acc_0.95']}, "
-                   f">= 0.99 at {report['step_test_acc_0.99']}"]
+    def reached(level: str) -> str:
+        step = report[f"step_test_acc_{level}"]
+        return "never" if step is None else str(step)
+
+    parts = [head, f"test acc >= 0.95 at {reached('0.95')}, >= 0.99 at {reached('0.99')}"]
     for name, value in report["alignment"].items():
         if value["lag"] is not None:
             parts.append(f"{name.removesuffix('_sharpest_drop')} drop at {value['step']} "
-                         f"({value['lag']:+d})")
+                         f"(lag {value['lag']:+d})")
     return f"grokking: {'; '.join(parts)}; report {Path(run_dir) / REPORT_FILE}"
 
 

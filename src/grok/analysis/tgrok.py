@@ -6,7 +6,8 @@ largest rise wins (the earliest one on ties). If that rise is below `threshold`,
 detected. Otherwise t_grok is the step at the *end* of the largest single increase
 acc[j] - acc[j-1] inside the winning window (j in i+1..i+w-1, the earliest on ties): the first
 evaluation at which the jump is visible. With fewer evaluation points than `window`, the whole
-series is one window.
+series is one window. A t_grok at the last evaluation, with test accuracy there still below 0.99,
+comes with a warning: the run may have stopped mid-rise.
 
 With monotone=True (the default) acc is first replaced by its running maximum, the best test
 accuracy so far. Runs trained with AdamW at the usual learning rates have loss spikes: test
@@ -84,6 +85,12 @@ def detect_t_grok(steps, test_acc, window: int = 5, threshold: float = 0.15,
             found.update(detected=None, warning=(
                 f"t_grok not detected: maximum accuracy increase below threshold ({rise:.4f} < "
                 f"{threshold} over {min(window, len(acc))} evaluation points)"))
+        elif at == len(acc) - 1 and acc[-1] < 0.99:
+            # The run stopped inside the rise: the jump that follows may be larger and later.
+            found["warning"] = (
+                f"t_grok {found['detected']} is the last evaluation and test accuracy there is "
+                f"only {acc[-1]:.3f}: the run may have stopped mid-rise; train longer (more "
+                "steps) or force t_grok=STEP")
     if forced is not None:
         return TGrok(t_grok=int(forced), method=METHOD_FORCED, **{**found, "warning": None},
                      **common)
