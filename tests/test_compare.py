@@ -68,6 +68,33 @@ def test_band_interpolates_seeds_onto_a_common_grid():
     assert np.isnan(short["std"][2]) and list(short["count"]) == [2, 2, 1]
 
 
+def test_accuracy_band_stays_inside_0_and_1(tmp_path, monkeypatch):
+    """Two seeds at test accuracy 0 and 0.9: mean 0.45 +- std 0.64 would reach below 0 and
+    above 1; the drawn band is clipped to the values an accuracy can take."""
+    from grok import plots
+
+    bands = []
+    real = plots.plt.Axes.fill_between
+
+    def recording(ax, x, low, high, **kwargs):
+        bands.append((low, high))
+        return real(ax, x, low, high, **kwargs)
+
+    monkeypatch.setattr(plots.plt.Axes, "fill_between", recording)
+
+    def seed(acc):
+        return {"t_grok": None, "checkpoint_steps": [1, 10], "test_accuracy": [acc, acc],
+                "final_layer_rank": [5.0, 5.0], "avg_entropy": [0.5, 0.5], "full_analyses": [],
+                "training_metrics": {"step": [1, 10], "test/acc": [acc, acc]},
+                "model": {"d_model": 8, "n_ctx": 3}}
+
+    plots.compare_figures({"v": [seed(0.0), seed(0.9)]}, tmp_path)
+    accuracy = bands[0]  # the first figure is compare_accuracy.png
+    np.testing.assert_allclose(accuracy[0], [0.0, 0.0])
+    np.testing.assert_allclose(accuracy[1], [1.0, 1.0])
+    assert (tmp_path / "compare_accuracy.png").exists()
+
+
 def test_default_labels_keep_different_configurations_apart():
     a, b = tiny_config(), tiny_config("seed=1")
     c, d = tiny_config("split=structured"), tiny_config("optim.lr=0.01")

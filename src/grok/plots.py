@@ -178,6 +178,9 @@ def _curve(report: dict, metric: str) -> tuple[list, list]:
 
 COMPARE_YLABELS = {"accuracy": "test accuracy", "rank": "final-layer effective rank at '='",
                    "entropy": "mean attention entropy at '=' (nats)"}
+# The values each quantity can take: a +-1 std band is clipped to them (an accuracy band below 0
+# or above 1 would show values no run can have).
+COMPARE_RANGES = {"accuracy": (0.0, 1.0), "rank": (0.0, None), "entropy": (0.0, None)}
 
 
 def _compare_panel(ax, groups: dict[str, list[dict]], metric: str, xscale: str) -> None:
@@ -199,7 +202,9 @@ def _compare_panel(ax, groups: dict[str, list[dict]], metric: str, xscale: str) 
             ax.plot(b["step"], b["mean"], color=colour, linewidth=1.6,
                     label=f"{label} (n={len(runs)})")
             if len(curves) > 1:
-                ax.fill_between(b["step"], b["mean"] - b["std"], b["mean"] + b["std"],
+                low, high = COMPARE_RANGES[metric]
+                ax.fill_between(b["step"], np.clip(b["mean"] - b["std"], low, high),
+                                np.clip(b["mean"] + b["std"], low, high),
                                 color=colour, alpha=0.2, linewidth=0)
         for r in runs:
             if r["t_grok"] is not None and (xscale != "log" or r["t_grok"] > 0):
