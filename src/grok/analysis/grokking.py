@@ -243,6 +243,7 @@ def summary_line(report: dict[str, Any], run_dir: Path) -> str:
     else:
         lo, hi = report["t_grok_window_steps"]
         head = f"t_grok {t} (rise {report['t_grok_max_rise']:.2f} over steps {lo}-{hi})"
+
     def reached(level: str) -> str:
         step = report[f"step_test_acc_{level}"]
         return "never" if step is None else str(step)
