@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 
 from grok.config import Config, register_configs, to_config
@@ -87,3 +88,28 @@ def no_cpp_compiler(monkeypatch):
         raise exc.InvalidCxxCompiler
 
     monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+
+
+@pytest.fixture
+def cpp_compiler(monkeypatch):
+    """torch.compile finds a C++ compiler (for tests of the decision only, which compile
+    nothing: they then pass on a machine without g++ too)."""
+    from torch._inductor import cpp_builder
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", lambda: "g++")
+
+
+def _has_cpp_compiler() -> bool:
+    from grok.device import check_compile_support
+    from grok.errors import GrokError
+
+    try:
+        check_compile_support(torch.device("cpu"))
+    except GrokError:
+        return False
+    return True
+
+
+# Tests that really compile: skipped, with the reason, where torch.compile cannot build kernels.
+requires_cpp_compiler = pytest.mark.skipif(
+    not _has_cpp_compiler(), reason="torch.compile on the CPU needs a C++ compiler (g++ or CXX)")

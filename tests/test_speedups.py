@@ -10,7 +10,7 @@ from grok.errors import GrokError
 from grok.naming import identity
 from grok.train import checkpoint as ckpt
 from grok.train.trainer import build_settings, make_optimizer
-from tests.conftest import compose_config, tiny_config
+from tests.conftest import compose_config, requires_cpp_compiler, tiny_config
 from tests.test_trainer import make_trainer, without_time
 
 SMALL = ("task.p=13", "model.d_model=32", "model.d_mlp=64", "train.batch_size=32", "steps=30")
@@ -78,12 +78,14 @@ def test_bf16_is_part_of_the_run_identity_and_fp32_identity_is_unchanged():
 
 
 @pytest.mark.slow
+@requires_cpp_compiler
 def test_compiled_run_matches_eager(tmp_path):
     assert_rows_close(fit(tmp_path, "eager"), fit(tmp_path, "compiled", "train.compile=true"),
                       rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.slow
+@requires_cpp_compiler
 def test_compiled_run_resumes_exactly(tmp_path):
     cfg = tiny_config(*SMALL, "train.compile=true", "train.resume_every=10")
     straight = without_time(make_trainer(cfg, tmp_path / "a").fit())
@@ -100,7 +102,7 @@ def test_compile_without_a_cpp_compiler_fails_before_writing_anything(tmp_path, 
     assert not (tmp_path / "run").exists()
 
 
-def test_compile_auto_compiles_long_cpu_runs_only():
+def test_compile_auto_compiles_long_cpu_runs_only(cpp_compiler):
     cpu = torch.device("cpu")
     assert use_compile("auto", cpu, AUTO_COMPILE_STEPS) is True
     assert use_compile("auto", cpu, AUTO_COMPILE_STEPS - 1) is False
@@ -115,7 +117,7 @@ def test_compile_auto_trains_eagerly_without_a_cpp_compiler(no_cpp_compiler, cap
         use_compile(True, torch.device("cpu"), 10)
 
 
-def test_the_headline_long_run_compiles_and_the_default_run_does_not():
+def test_the_headline_long_run_compiles_and_the_default_run_does_not(cpp_compiler):
     cpu = torch.device("cpu")
     long_run = compose_config("split=structured", "steps=400000")
     assert build_settings(long_run, identity(long_run), cpu).compile is True
