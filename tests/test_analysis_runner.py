@@ -12,7 +12,13 @@ import torch
 from grok.analysis import scan as scan_module
 from grok.analysis.base import Probe, forward_pass, load_model
 from grok.analysis.grokking import summary_line
-from grok.analysis.runner import SUITES, AnalysisError, AnalysisSettings, run_analysis
+from grok.analysis.runner import (
+    SUITES,
+    AnalysisError,
+    AnalysisSettings,
+    analysis_lines,
+    run_analysis,
+)
 from grok.config import ANALYSIS_SUITES
 from grok.data.splits import SplitError, load_split, make_split, save_split
 from grok.data.tasks import build_task
@@ -47,6 +53,13 @@ def report_of(run_dir):
 
 def test_suites_offered_by_the_config_are_the_runners():
     assert set(ANALYSIS_SUITES) == set(SUITES)
+
+
+def test_the_full_suite_prints_one_line_per_step(copy):
+    results = run_analysis(copy, "full", AnalysisSettings(), CPU, NullLogger(), progress=False)
+    lines = analysis_lines(results, copy)
+    assert [line.split(":")[0] for line in lines] == ["grokking", "trajectory"]
+    assert lines[1].endswith(f"files {copy / 'analysis' / 'trajectory'}")
 
 
 def test_training_runs_the_suite_and_logs_it(trained):

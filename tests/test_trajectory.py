@@ -175,6 +175,13 @@ def test_summary_phases_and_before_after_generalisation_by_hand():
     never = traj.summarize({"tn_similarity": m}, steps, traj.training_history(rows[:2]), None)
     assert never["phases"] == {"memorisation_end": None, "generalisation_start": None}
     assert never["metrics"]["tn_similarity"]["to_final_after_generalisation"] is None
+    # the printed line: JS between consecutive checkpoints is largest from 10 to 20 (0.2)
+    assert traj.summary_line(s, "RUN") == (
+        "trajectory: 4 checkpoints; largest change between consecutive checkpoints: step 10 -> 20 "
+        "(JS divergence 0.2 nats); TN similarity to the final checkpoint 0.30 before step 20 "
+        "(test acc > 0.9), 0.90 from it; files RUN/analysis/trajectory")
+    assert traj.summary_line(never, "RUN") == (
+        "trajectory: 4 checkpoints; test accuracy never above 0.9; files RUN/analysis/trajectory")
 
 
 def test_bilinear_run_also_gets_the_exact_weight_tensor_similarity(tmp_path):
@@ -215,6 +222,7 @@ def test_a_single_checkpoint_gives_one_by_one_matrices_and_empty_curves(tiny_run
     tn = np.load(tmp_path / "analysis" / "trajectory" / "tn_similarity.npy")
     assert tn.shape == (1, 1) and tn[0, 0] == pytest.approx(1.0)
     assert summary["metrics"]["js_divergence"]["consecutive"] == []
+    assert traj.summary_line(summary, tmp_path).startswith("trajectory: 1 checkpoint; test acc")
     assert summary["metrics"]["js_divergence"]["mean"] is None
     assert all(r is None for r in summary["correlations"].values())
     assert None not in logger.summary_values.values()

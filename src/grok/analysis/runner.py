@@ -26,6 +26,7 @@ from grok.analysis.grokking import summary_line as grokking_line
 from grok.analysis.settings import AnalysisError, AnalysisSettings
 from grok.analysis.tgrok import detect_t_grok
 from grok.analysis.trajectory import run_trajectory_suite
+from grok.analysis.trajectory import summary_line as trajectory_line
 from grok.data.splits import Split, SplitError, load_split
 from grok.data.tasks import Task, build_task
 from grok.tracking.base import Logger
@@ -76,7 +77,8 @@ SUITES: dict[str, tuple[tuple[str, SuiteStep], ...]] = {
 SUITES["full"] = SUITES["grokking"] + SUITES["trajectory"]
 
 # One printed line per step that has one: (results, run_dir) -> str
-SUMMARY_LINES: dict[str, Callable[[dict, Path], str]] = {"grokking": grokking_line}
+SUMMARY_LINES: dict[str, Callable[[dict, Path], str]] = {"grokking": grokking_line,
+                                                          "trajectory": trajectory_line}
 
 
 def analysis_lines(results: dict[str, dict], run_dir: Path) -> list[str]:

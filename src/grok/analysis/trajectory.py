@@ -300,6 +300,29 @@ def run_trajectory_suite(run_dir: Path, task: Task, split: Split,
     return summary
 
 
+def summary_line(summary: dict, run_dir: Path) -> str:
+    """One printed line: where the function moved most between consecutive checkpoints, how
+    close it was to the final one before and after generalisation, and where the files went."""
+    steps, metrics = summary["checkpoint_steps"], summary["metrics"]
+    n = summary["n_checkpoints"]
+    parts = [f"{n} checkpoint{'' if n == 1 else 's'}"]
+    js = np.asarray(metrics.get("js_divergence", {}).get("consecutive", []), dtype=np.float64)
+    if np.isfinite(js).any():
+        k = int(np.nanargmax(js))
+        parts.append(f"largest change between consecutive checkpoints: step {steps[k]} -> "
+                     f"{steps[k + 1]} (JS divergence {js[k]:.3g} nats)")
+    gen = summary["phases"]["generalisation_start"]
+    if gen is None:
+        parts.append("test accuracy never above 0.9")
+    else:
+        tn = metrics["tn_similarity"]
+        before, after = (tn[f"to_final_{w}_generalisation"] for w in ("before", "after"))
+        parts.append("TN similarity to the final checkpoint "
+                     f"{'n/a' if before is None else f'{before:.2f}'} before step {gen} "
+                     f"(test acc > 0.9), {'n/a' if after is None else f'{after:.2f}'} from it")
+    return f"trajectory: {'; '.join(parts)}; files {Path(run_dir) / OUT_DIR}"
+
+
 def summary_scalars(summary: dict) -> dict[str, float | int | None]:
     """The few numbers worth a W&B summary column."""
     out: dict[str, float | int | None] = {"trajectory/n_checkpoints": summary["n_checkpoints"]}
