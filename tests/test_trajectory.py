@@ -180,8 +180,11 @@ def test_summary_phases_and_before_after_generalisation_by_hand():
         "trajectory: 4 checkpoints; largest change between consecutive checkpoints: step 10 -> 20 "
         "(JS divergence 0.2 nats); TN similarity to the final checkpoint 0.30 before step 20 "
         "(test acc > 0.9), 0.90 from it; files RUN/analysis/trajectory")
-    assert traj.summary_line(never, "RUN") == (
-        "trajectory: 4 checkpoints; test accuracy never above 0.9; files RUN/analysis/trajectory")
+    unlearned = traj.summarize({"tn_similarity": m, "js_divergence": js}, steps,
+                               traj.training_history(rows[:2]), None)
+    assert traj.summary_line(unlearned, "RUN") == (
+        "trajectory: 4 checkpoints; largest change between consecutive checkpoints: step 10 -> 20 "
+        "(JS divergence 0.2 nats); test accuracy never above 0.9; files RUN/analysis/trajectory")
 
 
 def test_bilinear_run_also_gets_the_exact_weight_tensor_similarity(tmp_path):

@@ -306,20 +306,21 @@ def summary_line(summary: dict, run_dir: Path) -> str:
     steps, metrics = summary["checkpoint_steps"], summary["metrics"]
     n = summary["n_checkpoints"]
     parts = [f"{n} checkpoint{'' if n == 1 else 's'}"]
-    js = np.asarray(metrics.get("js_divergence", {}).get("consecutive", []), dtype=np.float64)
-    if np.isfinite(js).any():
-        k = int(np.nanargmax(js))
+    js = metrics["js_divergence"]["consecutive"]
+    if js:
+        k = int(np.argmax(js))
         parts.append(f"largest change between consecutive checkpoints: step {steps[k]} -> "
                      f"{steps[k + 1]} (JS divergence {js[k]:.3g} nats)")
     gen = summary["phases"]["generalisation_start"]
     if gen is None:
-        parts.append("test accuracy never above 0.9")
+        parts.append(f"test accuracy never above {GENERALISATION_ACC}")
     else:
         tn = metrics["tn_similarity"]
         before, after = (tn[f"to_final_{w}_generalisation"] for w in ("before", "after"))
         parts.append("TN similarity to the final checkpoint "
                      f"{'n/a' if before is None else f'{before:.2f}'} before step {gen} "
-                     f"(test acc > 0.9), {'n/a' if after is None else f'{after:.2f}'} from it")
+                     f"(test acc > {GENERALISATION_ACC}), "
+                     f"{'n/a' if after is None else f'{after:.2f}'} from it")
     return f"trajectory: {'; '.join(parts)}; files {Path(run_dir) / OUT_DIR}"
 
 
