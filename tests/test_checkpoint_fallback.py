@@ -158,3 +158,20 @@ def test_a_run_directory_is_locked_while_training(tmp_path):
                 pass
     with ckpt.lock_run_dir(tmp_path):  # released on exit
         pass
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_run_directory_files_get_the_permissions_of_the_umask(tmp_path, umask):
+    """Atomic writes go through mkstemp, which alone would leave split.pt, checkpoints and the
+    analysis report readable by their owner only; a shared run directory must follow the umask."""
+    previous = os.umask(umask)
+    try:
+        run(tiny_config("analysis=grokking"), tmp_path, logger=NullLogger())
+    finally:
+        os.umask(previous)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    written = {p.relative_to(tmp_path).as_posix() for p in files}
+    assert {"split.pt", "checkpoints/last.pt", "analysis/post_analysis.json",
+            "analysis/grokking_arrays.npz"} <= written
+    modes = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in files}
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask)

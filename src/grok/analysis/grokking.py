@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from grok.analysis.scan import Scan, scan_checkpoints
 from grok.analysis.selection import nearest_step, select_checkpoints
 from grok.analysis.settings import AnalysisError, AnalysisSettings
 from grok.analysis.tgrok import detect_t_grok
+from grok.files import atomic_write
 from grok.tracking.base import Logger
 
 log = logging.getLogger(__name__)
@@ -271,25 +270,13 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     text = json.dumps(_json_safe(data), indent=1, allow_nan=False)
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _write_arrays(path: Path, scan: Scan) -> None:
     per_ckpt = _per_checkpoint(scan)
     arrays = {"step": np.asarray(scan.steps, dtype=np.int64)}
     arrays.update({k.replace("/", "_"): v for k, v in per_ckpt.items()})
-    _atomic_write(path, lambda f: np.savez(f, **arrays))
+    atomic_write(path, lambda f: np.savez(f, **arrays))

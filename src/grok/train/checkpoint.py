@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 
 from grok.errors import GrokError
+from grok.files import temp_file_beside
 
 CHECKPOINT_DIR = "checkpoints"
 RESUME_FILE = "last.pt"
@@ -103,8 +103,7 @@ def _fsync_dir(folder: Path) -> None:
 
 def _write_temp(obj: Any, path: Path) -> Path:
     """torch.save `obj` to a fsynced temporary file next to `path`; return its name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
