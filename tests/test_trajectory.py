@@ -128,7 +128,8 @@ def test_block_size_does_not_change_the_matrices(tiny_run):
     store = traj.FeatureStore()
     try:
         probe = Probe.full(task, split)
-        stats = traj.extract_features(checkpoints, probe, store, CPU, progress=False)
+        steps, stats = traj.extract_features(checkpoints, probe, store, CPU, progress=False)
+        assert steps == [s for s, _ in checkpoints]
         n = len(checkpoints)
         results = {block: traj.similarity_matrices(store, stats, n, len(probe.tokens), block,
                                                    CPU, progress=False)
@@ -143,6 +144,50 @@ def test_block_size_does_not_change_the_matrices(tiny_run):
     if (out / "tn_similarity.npy").exists():  # written by the suite test of this module
         for name in traj.MATRICES:
             np.testing.assert_allclose(np.load(out / f"{name}.npy"), results[n][name], atol=1e-6)
+
+
+def test_an_unreadable_checkpoint_is_skipped_with_a_warning(tiny_run, tmp_path, caplog):
+    """As in the grokking suite: the others are analysed, and their matrices are those of the
+    full run without the skipped checkpoint's row and column."""
+    root, task, split, checkpoints, metrics = tiny_run
+    full = traj.run_trajectory_suite(tmp_path / "full", task, split, checkpoints, metrics,
+                                     device=CPU, t_grok=None, logger=InMemoryLogger(),
+                                     progress=False)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    damaged = [(s, bad if k == 2 else path) for k, (s, path) in enumerate(checkpoints)]
+    with caplog.at_level("WARNING", logger="grok.analysis.trajectory"):
+        summary = traj.run_trajectory_suite(tmp_path / "damaged", task, split, damaged, metrics,
+                                            device=CPU, t_grok=None, logger=InMemoryLogger(),
+                                            progress=False)
+    assert caplog.messages == [f"trajectory: skipping unreadable checkpoint {bad} "
+                               "(UnpicklingError: Weights only load failed)"]
+    kept = [s for k, (s, _) in enumerate(checkpoints) if k != 2]
+    assert summary["checkpoint_steps"] == kept and summary["n_checkpoints"] == len(kept)
+    for name in traj.MATRICES:
+        expected = np.delete(np.delete(np.load(tmp_path / "full" / traj.OUT_DIR / f"{name}.npy"),
+                                       2, axis=0), 2, axis=1)
+        np.testing.assert_allclose(  # blocks of another size sum in another order
+            np.load(tmp_path / "damaged" / traj.OUT_DIR / f"{name}.npy"), expected, rtol=1e-12,
+            atol=1e-15)
+    assert full["n_checkpoints"] == len(checkpoints)
+    with pytest.raises(traj.TrajectoryError, match="no checkpoint could be read"):
+        traj.run_trajectory_suite(tmp_path / "none", task, split, [(0, bad)], metrics,
+                                  device=CPU, t_grok=None, logger=InMemoryLogger(),
+                                  progress=False)
+
+
+def test_a_run_evaluated_only_at_step_0_gets_every_figure_but_the_training_curves(tiny_run,
+                                                                                 tmp_path):
+    """A run stopped right after its first evaluation: nothing to draw on a log step axis."""
+    root, task, split, checkpoints, metrics = tiny_run
+    logger = InMemoryLogger()
+    summary = traj.run_trajectory_suite(tmp_path, task, split, checkpoints[:1], metrics[:1],
+                                        device=CPU, t_grok=None, logger=logger, progress=False)
+    assert summary["n_checkpoints"] == 1
+    assert {name for name, _, _ in logger.figures} == {"trajectory/heatmaps",
+                                                       "trajectory/to_final"}
+    assert (tmp_path / traj.OUT_DIR / "summary.json").is_file()
 
 
 def test_summary_phases_and_before_after_generalisation_by_hand():
@@ -165,7 +210,8 @@ def test_summary_phases_and_before_after_generalisation_by_hand():
     assert tn["rate_of_change"] == pytest.approx([0.1, 0.4, 0.2])
     assert tn["to_final"] == [0.2, 0.4, 0.8, 1.0]
     assert tn["to_final_before_generalisation"] == pytest.approx(0.3)  # steps 0, 10
-    assert tn["to_final_after_generalisation"] == pytest.approx(0.9)  # steps 20, 30
+    # step 20 only: the final checkpoint (30) is the reference, its similarity 1 says nothing
+    assert tn["to_final_after_generalisation"] == pytest.approx(0.8)
     upper = [0.9, 0.5, 0.2, 0.6, 0.4, 0.8]
     assert tn["mean"] == pytest.approx(np.mean(upper))
     assert tn["std"] == pytest.approx(np.std(upper))
@@ -179,7 +225,15 @@ def test_summary_phases_and_before_after_generalisation_by_hand():
     assert traj.summary_line(s, "RUN") == (
         "trajectory: 4 checkpoints; largest change between consecutive checkpoints: step 10 -> 20 "
         "(JS divergence 0.2 nats); TN similarity to the final checkpoint 0.30 before step 20 "
-        "(test acc > 0.9), 0.90 from it; files RUN/analysis/trajectory")
+        "(test acc > 0.9), 0.80 from it; files RUN/analysis/trajectory")
+    late = [dict(r, **{"test/acc": 0.5}) if r["step"] < 30 else r for r in rows]
+    at_the_end = traj.summarize({"tn_similarity": m, "js_divergence": js}, steps,
+                                traj.training_history(late), None)
+    assert at_the_end["phases"]["generalisation_start"] == 30
+    assert traj.summary_line(at_the_end, "RUN") == (
+        "trajectory: 4 checkpoints; largest change between consecutive checkpoints: step 10 -> 20 "
+        "(JS divergence 0.2 nats); TN similarity to the final checkpoint 0.47 before step 30 "
+        "(test acc > 0.9), n/a from it; files RUN/analysis/trajectory")
     unlearned = traj.summarize({"tn_similarity": m, "js_divergence": js}, steps,
                                traj.training_history(rows[:2]), None)
     assert traj.summary_line(unlearned, "RUN") == (

@@ -406,7 +406,7 @@ def trajectory_figures(matrices: dict, summary: dict, history: dict, plot_dir: P
                                         t_grok),
         "to_final": trajectory_to_final(summary, history, plot_dir / "trajectory_to_final.png"),
     }
-    if history:
+    if any(int(step) > 0 for step in history):  # its step axis is logarithmic
         figures["training"] = trajectory_training(history, plot_dir / "trajectory_training.png",
                                                   t_grok, summary["phases"])
     if len(steps) > 1:

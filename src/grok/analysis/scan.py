@@ -34,15 +34,16 @@ def _warn(scan: Scan, message: str) -> None:
     scan.warnings.append(message)
 
 
-def _load(path: Path, device: torch.device):
-    """(step, model), or the reason the file cannot be used."""
+def load_or_reason(path: Path, device: torch.device):
+    """(step, model), or the reason the file cannot be used (one line)."""
     try:
         return load_model(path, device)
     except torch.cuda.OutOfMemoryError:
         raise
     except Exception as exc:  # truncated, foreign or corrupt file; wrong or missing keys
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
-        return f"{type(exc).__name__}: {first_line}"
+        # the first sentence: torch's messages go on for a paragraph of advice
+        first = str(exc).splitlines()[0].split(". ")[0].rstrip(".") if str(exc) else ""
+        return f"{type(exc).__name__}: {first}"
 
 
 def _analyse(model, step: int, probe: Probe, analyzers: Sequence[Analyzer], batch: int) -> Result:
@@ -56,7 +57,7 @@ def _analyse(model, step: int, probe: Probe, analyzers: Sequence[Analyzer], batc
 def _attempt(scan: Scan, step: int, path: Path, probe: Probe, analyzers: Sequence[Analyzer],
              batch: int):
     """(step, model, result) of one checkpoint, or None (with a warning) if it cannot be read."""
-    loaded = _load(path, scan.device)
+    loaded = load_or_reason(path, scan.device)
     if isinstance(loaded, str):
         _warn(scan, f"skipping unreadable checkpoint {path} ({loaded})")
         return None

@@ -16,6 +16,7 @@ tensors at once, and no forward pass is repeated.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import tempfile
@@ -28,7 +29,8 @@ from tqdm.auto import tqdm
 
 from grok import plots
 from grok.analysis import similarity as sim
-from grok.analysis.base import Probe, forward_pass, load_model
+from grok.analysis.base import Probe, forward_pass
+from grok.analysis.scan import load_or_reason
 from grok.data.splits import Split
 from grok.data.tasks import Task
 from grok.errors import GrokError
@@ -41,6 +43,9 @@ EXACT = "tn_exact_similarity"  # bilinear models only
 DIVERGENCES = frozenset({"js_divergence"})
 BLOCK_MEMORY = 1 << 30  # bytes for the two blocks of features held while filling the matrices
 MEMORISATION_ACC, GENERALISATION_ACC = 0.2, 0.9  # phase thresholds on test accuracy
+
+
+log = logging.getLogger(__name__)
 
 
 class TrajectoryError(GrokError):
@@ -89,15 +94,21 @@ class FeatureStore:
 
 
 def extract_features(checkpoints: list[tuple[int, Path]], probe: Probe, store: FeatureStore,
-                     device: torch.device, progress: bool) -> dict[str, np.ndarray]:
-    """One forward pass per checkpoint; features go to `store`. Returns per-checkpoint
-    statistics the JS divergence needs (sum p log p and total mass, float64)."""
-    neg_entropy, mass = [], []
+                     device: torch.device, progress: bool
+                     ) -> tuple[list[int], dict[str, np.ndarray]]:
+    """One forward pass per checkpoint; features go to `store`. Returns the steps of the
+    checkpoints used (an unreadable one is skipped with a warning, as the grokking suite does) and
+    per-checkpoint statistics the JS divergence needs (sum p log p and total mass, float64)."""
+    neg_entropy, mass, used = [], [], []
     bilinear = None
     bar = tqdm(checkpoints, desc="trajectory: checkpoints", unit="ckpt",
                disable=not progress_enabled(progress))
     for step, path in bar:
-        saved_step, model = load_model(path, device)
+        loaded = load_or_reason(path, device)
+        if isinstance(loaded, str):
+            log.warning("trajectory: skipping unreadable checkpoint %s (%s)", path, loaded)
+            continue
+        saved_step, model = loaded
         if saved_step != step:
             raise TrajectoryError(f"{path} holds step {saved_step}, not {step}")
         fp = forward_pass(model, probe, step)
@@ -116,8 +127,11 @@ def extract_features(checkpoints: list[tuple[int, Path]], probe: Probe, store: F
             store.append("tensor", sim.interaction_features(model.interaction_factors()))
         if len(neg_entropy) == 1:
             store.ensure_space(len(checkpoints))
+        used.append(step)
         del fp, model
-    return {"neg_entropy": np.array(neg_entropy), "mass": np.array(mass)}
+    if not used:
+        raise TrajectoryError("no checkpoint could be read; see the warnings above")
+    return used, {"neg_entropy": np.array(neg_entropy), "mass": np.array(mass)}
 
 
 def auto_block_size(bytes_per_checkpoint: int, n: int) -> int:
@@ -206,7 +220,8 @@ def summarize(matrices: dict[str, np.ndarray], steps: list[int],
     upper = np.triu_indices(n, 1)
     phase = phases(history)
     gen = phase["generalisation_start"]
-    step_arr = np.array(steps)
+    # the final checkpoint is left out of the before/after means: it is the reference itself
+    earlier = np.array(steps[:-1])
     metrics = {}
     for name, m in matrices.items():
         consecutive = np.diag(m, 1)
@@ -220,9 +235,9 @@ def summarize(matrices: dict[str, np.ndarray], steps: list[int],
             "mean": _mean(m[upper]),
             "std": float(np.std(m[upper])) if n > 1 else None,
             "to_final_before_generalisation": None if gen is None
-            else _mean(to_final[step_arr < gen]),
+            else _mean(to_final[:-1][earlier < gen]),
             "to_final_after_generalisation": None if gen is None
-            else _mean(to_final[step_arr >= gen]),
+            else _mean(to_final[:-1][earlier >= gen]),
         }
     names = list(matrices)
     correlations = {f"{a}~{b}": _pearson(matrices[a][upper], matrices[b][upper])
@@ -261,14 +276,13 @@ def run_trajectory_suite(run_dir: Path, task: Task, split: Split,
                               "train.checkpoints > 0")
     out_dir = run_dir / OUT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
-    steps = [s for s, _ in checkpoints]
     probe = Probe.full(task, split, device)
-    n = len(checkpoints)
 
     clock = time.perf_counter()
     store = FeatureStore()
     try:
-        stats = extract_features(checkpoints, probe, store, device, progress)
+        steps, stats = extract_features(checkpoints, probe, store, device, progress)
+        n = len(steps)
         forward_s = time.perf_counter() - clock
         loaded = store.bytes_per_item() + 4 * math.prod(store.shapes["logits"])  # + probs
         block = block_size or auto_block_size(loaded, n)
