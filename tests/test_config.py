@@ -77,6 +77,9 @@ def test_out_of_range_values_name_the_key(overrides, key):
     ("steps=abc", "steps"),
     ("nonsense=1", "nonsense"),
     ("model.n_heads=3.5", "n_heads"),
+    ("+model.dmodel=256", "error: unknown config key model.dmodel (added with "
+                          "+model.dmodel=...): remove it"),
+    ("+nonsense=1", "error: unknown config key nonsense"),
 ])
 def test_bad_input_fails_cleanly_before_training(tmp_path, override, needle):
     run_dir = tmp_path / "run"
@@ -86,3 +89,18 @@ def test_bad_input_fails_cleanly_before_training(tmp_path, override, needle):
     assert needle in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert not run_dir.exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("module,schema_args,key", [
+    ("grok.main", (), "train.evel_every"),
+    ("grok.analyze", ("run_dir=x",), "t_grk"),
+    ("grok.compare", ("runs=[x]",), "lables"),
+])
+def test_an_added_key_that_the_schema_lacks_is_refused(tmp_path, module, schema_args, key):
+    """`+key=...` lifts Hydra's struct check; each entry point checks the keys itself."""
+    result = run_cli(*schema_args, f"+{key}=1", "logger=none", cwd=tmp_path, module=module)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: unknown config key {key} (added with +{key}=...): remove it; "
+        f"`python -m {module} --cfg job` lists every key"]
+    assert list(tmp_path.rglob("*.yaml")) == []  # no output folder with a Hydra record

@@ -37,6 +37,7 @@ from grok.config import (
     check_analysis,
     config_dict,
     register_configs,
+    reject_unknown_keys,
 )
 from grok.device import resolve_device
 from grok.errors import GrokError
@@ -62,6 +63,7 @@ register()
 
 
 def to_analyze_config(dcfg: DictConfig) -> AnalyzeConfig:
+    reject_unknown_keys(dcfg, AnalyzeConfig, "grok.analyze")
     try:
         obj = OmegaConf.to_object(dcfg)
     except MissingMandatoryValue:

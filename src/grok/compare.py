@@ -31,9 +31,10 @@ from grok.analysis.grokking import REPORT_FILE
 from grok.analysis.runner import run_analysis
 from grok.analysis.settings import AnalysisSettings
 from grok.analyze import configure_logging, recorded_config
-from grok.config import Config, ConfigError, LoggerConfig
+from grok.config import Config, ConfigError, LoggerConfig, reject_unknown_keys
 from grok.device import resolve_device
 from grok.errors import GrokError
+from grok.files import remove_if_unused
 from grok.tracking import Logger, NullLogger, build_logger
 
 
@@ -54,6 +55,7 @@ ConfigStore.instance().store(name="compare_schema", node=CompareConfig)
 
 
 def to_compare_config(dcfg: DictConfig) -> CompareConfig:
+    reject_unknown_keys(dcfg, CompareConfig, "grok.compare")
     obj = OmegaConf.to_object(dcfg)
     assert isinstance(obj, CompareConfig)
     obj.runs, obj.labels = list(obj.runs), [str(x) for x in obj.labels]
@@ -170,9 +172,11 @@ def open_logger(cfg: CompareConfig, out_dir: Path, labels: list[str], baseline: 
 @hydra.main(version_base="1.3", config_path="pkg://grok.conf", config_name="compare")
 def main(dcfg: DictConfig) -> None:
     configure_logging()
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        compare_runs(to_compare_config(dcfg), Path(HydraConfig.get().runtime.output_dir))
+        compare_runs(to_compare_config(dcfg), out_dir)
     except GrokError as exc:
+        remove_if_unused(out_dir)
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
 

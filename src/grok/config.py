@@ -8,6 +8,7 @@ a component. Only the entry points import this module's Hydra-facing half.
 from __future__ import annotations
 
 import dataclasses
+import typing
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -246,8 +247,32 @@ def check_analysis(a: AnalysisConfig) -> AnalysisConfig:
     return a
 
 
+def unknown_keys(cfg: DictConfig, schema: type | None = None) -> list[str]:
+    """Dotted keys of cfg that the dataclass `schema` (default Config) does not have.
+
+    The schema rejects `foo=1`, but `+foo=1` lifts Hydra's struct flag to add the key, and
+    OmegaConf.to_object then drops it without a word: a typo like `+model.dmodel=256` would
+    train the default model."""
+    types = typing.get_type_hints(schema or Config)
+    unknown = []
+    for key in cfg:
+        if key not in types:
+            unknown.append(str(key))
+        elif dataclasses.is_dataclass(types[key]) and isinstance(cfg[key], DictConfig):
+            unknown += [f"{key}.{k}" for k in unknown_keys(cfg[key], types[key])]
+    return unknown
+
+
+def reject_unknown_keys(cfg: DictConfig, schema: type, module: str) -> None:
+    unknown = unknown_keys(cfg, schema)
+    if unknown:
+        raise ConfigError(f"unknown config key {unknown[0]} (added with +{unknown[0]}=...): "
+                          f"remove it; `python -m {module} --cfg job` lists every key")
+
+
 def to_config(cfg: DictConfig) -> Config:
     """Turn a composed (already type-checked) DictConfig into a checked plain Config."""
+    reject_unknown_keys(cfg, Config, "grok.main")
     obj = OmegaConf.to_object(cfg)
     assert isinstance(obj, Config)
     obj.optim.betas = list(obj.optim.betas)

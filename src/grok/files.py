@@ -4,6 +4,7 @@ old file or the complete new one."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -34,3 +35,12 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_if_unused(folder: Path, also: tuple[str, ...] = ()) -> None:
+    """Delete a job's output folder that holds nothing but what Hydra wrote before the job began
+    (.hydra/, a log file) and the names in `also`, so that a refused command leaves none."""
+    folder = Path(folder)
+    if folder.is_dir() and all(p.name in (".hydra", *also) or p.suffix == ".log"
+                               for p in folder.iterdir()):
+        shutil.rmtree(folder)

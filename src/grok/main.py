@@ -25,6 +25,7 @@ from grok.assemble import RunParts, build_run
 from grok.config import Config, register_configs, to_config
 from grok.device import resolve_device
 from grok.errors import GrokError
+from grok.files import remove_if_unused
 from grok.tracking import Logger
 from grok.train import checkpoint as ckpt
 from grok.train.multiseed import SeedBatch
@@ -127,13 +128,6 @@ def _hydra_record(run_dir: Path, keep: bool) -> None:
             shutil.copy2(f, dst / f.name)
 
 
-def _remove_if_unused(run_dir: Path) -> None:
-    """Delete a run directory that holds nothing but what Hydra wrote before the job began."""
-    if run_dir.is_dir() and all(p.name in (".hydra", ckpt.LOCK_FILE) or p.suffix == ".log"
-                                for p in run_dir.iterdir()):
-        shutil.rmtree(run_dir)
-
-
 @hydra.main(version_base="1.3", config_path="pkg://grok.conf", config_name="config")
 def main(dcfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -154,7 +148,7 @@ def main(dcfg: DictConfig) -> None:
     except GrokError as exc:
         if isinstance(exc, (ResumeMismatch, ckpt.RunDirBusy)):
             _hydra_record(run_dir, keep=False)
-        _remove_if_unused(run_dir)
+        remove_if_unused(run_dir, also=(ckpt.LOCK_FILE,))
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
 
