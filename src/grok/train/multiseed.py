@@ -226,9 +226,13 @@ class _Method(nn.Module):
 
 
 def _seed_state(stacked: dict, k: int) -> dict:
-    """Seed k's slice of a stacked AdamW state dict (same parameter order as a single model)."""
+    """Seed k's slice of a stacked AdamW state dict (same parameter order as a single model).
+
+    The slices are copies: load_state_dict keeps a view as it is, and torch.save writes a view's
+    whole storage, so every seed's resume state would hold all K seeds' moments."""
     return {
         "param_groups": stacked["param_groups"],
-        "state": {i: {key: (value if key == "step" else value[k]) for key, value in s.items()}
+        "state": {i: {key: (value if key == "step" else value[k].clone())
+                      for key, value in s.items()}
                   for i, s in stacked["state"].items()},
     }
