@@ -10,6 +10,7 @@ import yaml
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
+from grok import naming
 from grok.train.schedule import checkpoint_steps
 from tests.conftest import compose_config
 
@@ -72,6 +73,24 @@ def test_sweep_preset_is_seeds_times_splits_with_a_directory_per_job():
         cfg.hydra.job.config.override_dirname.exclude_keys)
     for split in ("random", "structured", "conflict"):
         assert compose_config("experiment=sweep_seeds_splits", f"split={split}").split.name == split
+
+
+def test_sweep_job_directories_leave_out_every_key_that_does_not_change_the_trained_function():
+    """A sweep job's directory is named after its overrides minus these keys, so that rerunning
+    it with another analysis, cadence or length resumes the same directory. Every schema key
+    that grok.naming.identity ignores must be listed (a new option must be added there)."""
+    excluded = set(compose_full().hydra.job.config.override_dirname.exclude_keys)
+    cfg = compose_config()
+    identity = {**naming.identity(cfg),  # the precision is named only when it is not fp32
+                **naming.identity(compose_config("train.precision=bf16"))}
+    for group in ("train", "analysis", "logger"):
+        for f in dataclasses.fields(getattr(cfg, group)):
+            key = f"{group}.{f.name}"
+            if key not in identity and key != "train.name":  # train=<name> may change the batch
+                assert key in excluded, key
+    assert {"experiment", "steps", "device", "logger", "analysis"} <= excluded
+    assert not excluded & {"seed", "split", "task", "model", "optim", "train.batch_size",
+                           "train.precision", "seeds"}
 
 
 def test_v2_structured_checkpoint_policy():
