@@ -104,8 +104,15 @@ def test_nan_loss_stops_with_state_saved(tmp_path):
 def test_resume_with_another_config_is_refused(tmp_path):
     make_trainer(tiny_config("steps=10"), tmp_path).fit()
     other = make_trainer(tiny_config("optim.lr=0.01"), tmp_path)
-    with pytest.raises(ResumeMismatch, match="optim"):
+    with pytest.raises(ResumeMismatch) as refused:
         other.fit(ckpt.load_resume_state(tmp_path))
+    # the differing leaf, not the whole optim group
+    assert f"{tmp_path} holds a run with optim.lr=0.001, but this command has optim.lr=0.01; " \
+           "repeat the original overrides" in str(refused.value)
+    another_model = make_trainer(tiny_config("model.n_heads=2"), tmp_path)
+    with pytest.raises(ResumeMismatch, match="model.n_heads=4, but this command has "
+                                             "model.n_heads=2;"):
+        another_model.fit(ckpt.load_resume_state(tmp_path))
 
 
 def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path):

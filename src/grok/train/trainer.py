@@ -63,15 +63,28 @@ def deterministic_algorithms():
         torch.use_deterministic_algorithms(before, warn_only=warn_only)
 
 
+def first_difference(saved: Any, wanted: Any, prefix: str = "") -> tuple[str, Any, Any] | None:
+    """(dotted key, saved value, wanted value) of the first leaf where two nested dicts differ,
+    in sorted key order; None when they are equal."""
+    if not (isinstance(saved, dict) and isinstance(wanted, dict)):
+        return None if saved == wanted else (prefix, saved, wanted)
+    for key in sorted(set(saved) | set(wanted)):
+        found = first_difference(saved.get(key), wanted.get(key), f"{prefix}{key}.")
+        if found is not None:
+            return found
+    return None
+
+
 def check_identity(saved: dict[str, Any], wanted: dict[str, Any], run_dir: Path) -> None:
     """Raise ResumeMismatch naming the first key where the saved run and this command differ."""
-    for key in sorted(set(saved) | set(wanted)):
-        if saved.get(key) != wanted.get(key):
-            digest = hashlib.sha1(json.dumps(wanted, sort_keys=True, default=str).encode())
-            raise ResumeMismatch(
-                f"{run_dir} holds a run with {key}={saved.get(key)!r}, but this command has "
-                f"{key}={wanted.get(key)!r}; repeat the original overrides to resume it, or "
-                f"start fresh elsewhere with hydra.run.dir={run_dir}-{digest.hexdigest()[:6]}")
+    found = first_difference(saved, wanted)
+    if found is not None:
+        key, had, has = found[0].removesuffix("."), found[1], found[2]
+        digest = hashlib.sha1(json.dumps(wanted, sort_keys=True, default=str).encode())
+        raise ResumeMismatch(
+            f"{run_dir} holds a run with {key}={had!r}, but this command has {key}={has!r}; "
+            "repeat the original overrides to resume it, or start fresh elsewhere with "
+            f"hydra.run.dir={run_dir}-{digest.hexdigest()[:6]}")
 
 
 @dataclass
