@@ -172,6 +172,23 @@ def test_missing_run_directory_and_missing_checkpoints(tmp_path, copy):
         run_analysis(copy, "bogus", AnalysisSettings(), CPU, NullLogger())
 
 
+def test_a_seed_batch_a_sweep_or_another_folder_is_not_taken_for_a_run(tmp_path):
+    batch, sweep, other = tmp_path / "batch", tmp_path / "sweep", tmp_path / "other"
+    for d in ("batch/seed_3/checkpoints", "batch/seed_1/checkpoints", "sweep/0/checkpoints",
+              "other/plots"):
+        (tmp_path / d).mkdir(parents=True)
+    cases = [(batch, f"{batch} is a seed batch, not one run: analyse one of its runs, e.g. "
+                     f"run_dir={batch / 'seed_1'} (grok.compare sweep={batch} compares them all)"),
+             (sweep, f"{sweep} is a sweep, not one run: analyse one of its runs, e.g. "
+                     f"run_dir={sweep / '0'} (grok.compare sweep={sweep} compares them all)"),
+             (other, f"{other} is not a run directory (no split.pt, no checkpoints/); pass the "
+                     "folder of a training run, e.g. run_dir=outputs/runs/<date>/<time>")]
+    for folder, message in cases:
+        with pytest.raises(AnalysisError) as refused:
+            run_analysis(folder, "grokking", AnalysisSettings(), CPU, NullLogger())
+        assert str(refused.value) == message
+
+
 def test_missing_damaged_and_foreign_splits_are_refused(copy):
     split_path = copy / "split.pt"
     original = split_path.read_bytes()

@@ -12,12 +12,13 @@ from hydra import compose, initialize_config_module
 from grok import compare as compare_module
 from grok.analysis.aggregate import band
 from grok.analysis.comparison import RunEntry, compare, format_table
-from grok.analysis.runner import AnalysisSettings, run_analysis
+from grok.analysis.runner import AnalysisSettings, run_analysis, runs_under
 from grok.compare import (
     CompareConfig,
     compare_runs,
     default_baseline,
     default_labels,
+    run_dirs,
     to_compare_config,
 )
 from grok.config import ConfigError
@@ -51,6 +52,7 @@ def test_delay_factors_and_seed_aggregates_by_hand(tmp_path):
                                                                                       ddof=1))
     assert base["test_accuracy_after_mean"] == pytest.approx(0.9)
     assert struct["t_grok_mean"] == 300 and struct["delay_factor_mean"] == 2.0
+    assert struct["t_grok_std"] is None  # one grokked seed: a sample std is undefined
     assert struct["final_layer_rank_before_mean"] == 20.0
     text = format_table(result)
     assert "base" in text and "struct" in text and "baseline: base" in text
@@ -166,6 +168,18 @@ def test_compare_a_sweep_analyses_missing_runs(two_runs, tmp_path, capsys):
         compare_runs(compose_compare(f"sweep={two_runs[0].parent}", "labels=[x]"), tmp_path)
     with pytest.raises(ConfigError, match="xscale='symlog' is invalid"):
         compose_compare("xscale=symlog")
+
+
+def test_a_sweep_of_seed_batches_lists_every_seed_in_job_order(tmp_path):
+    """-m 'seeds=[0,2,10]' a=x,y: jobs 0 and 1 hold seed_<s> run directories; a plain job holds
+    checkpoints/ itself; folders that are neither (Hydra's .submitit, logs) are passed over."""
+    layout = ["0/seed_0", "0/seed_10", "0/seed_2", "1/seed_0", "2", "10", "notes"]
+    for d in layout:
+        (tmp_path / d / ("" if d == "notes" else "checkpoints")).mkdir(parents=True)
+    assert [d.relative_to(tmp_path).as_posix() for d in runs_under(tmp_path)] == [
+        "0/seed_0", "0/seed_2", "0/seed_10", "1/seed_0", "2", "10"]
+    with pytest.raises(ConfigError, match="run directory .*2 is given twice; each run counts"):
+        run_dirs(CompareConfig(runs=[str(tmp_path / "2")], sweep=str(tmp_path)))
 
 
 def test_compare_opens_a_wandb_run_of_job_type_compare(tiny_runs, tmp_path, monkeypatch):

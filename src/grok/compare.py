@@ -28,7 +28,7 @@ from grok.analysis.comparison import (
     write_tables,
 )
 from grok.analysis.grokking import REPORT_FILE
-from grok.analysis.runner import run_analysis
+from grok.analysis.runner import run_analysis, runs_under
 from grok.analysis.settings import AnalysisSettings
 from grok.analyze import configure_logging, recorded_config
 from grok.config import Config, ConfigError, LoggerConfig, reject_unknown_keys
@@ -66,24 +66,27 @@ def to_compare_config(dcfg: DictConfig) -> CompareConfig:
 
 
 def run_dirs(cfg: CompareConfig) -> list[Path]:
-    """The runs to compare: cfg.runs, then the job folders of cfg.sweep in job order."""
+    """The runs to compare: cfg.runs, then the runs of cfg.sweep in job order."""
     dirs = [Path(r) for r in cfg.runs]
     if cfg.sweep is not None:
         sweep = Path(cfg.sweep)
         if not sweep.is_dir():
             raise ConfigError(f"sweep={sweep} is not a directory")
-        jobs = [d for d in sweep.iterdir() if d.is_dir() and (d / "checkpoints").is_dir()]
+        jobs = runs_under(sweep)
         if not jobs:
             raise ConfigError(f"sweep={sweep} holds no run directories (job folders with "
-                              "checkpoints/)")
-        dirs += sorted(jobs, key=lambda d: (not d.name.isdigit(), int(d.name)
-                                            if d.name.isdigit() else 0, d.name))
+                              "checkpoints/, or their seed_<s> folders)")
+        dirs += jobs
     if not dirs:
         raise ConfigError("nothing to compare: give run directories (runs=[DIR1,DIR2]) or a "
                           "sweep directory (sweep=DIR)")
+    seen: set[Path] = set()
     for d in dirs:
         if not d.is_dir():
             raise ConfigError(f"run directory {d} not found")
+        if d.resolve() in seen:
+            raise ConfigError(f"run directory {d} is given twice; each run counts once")
+        seen.add(d.resolve())
     return dirs
 
 

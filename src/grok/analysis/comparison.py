@@ -63,11 +63,12 @@ def run_row(entry: RunEntry, baseline_t: float | None) -> dict[str, Any]:
 
 
 def _mean_std(values: list) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (ddof 1; 0 for one value) of the non-null values."""
+    """Mean and sample standard deviation (ddof 1; None, undefined, for one value) of the
+    non-null values."""
     vals = np.array([v for v in values if v is not None], dtype=np.float64)
     if len(vals) == 0:
         return None, None
-    return float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+    return float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else None
 
 
 def variant_rows(rows: list[dict[str, Any]], labels: list[str]) -> list[dict[str, Any]]:

@@ -117,6 +117,16 @@ def load_run(run_dir: Path) -> LoadedRun:
     if not run_dir.is_dir():
         raise AnalysisError(f"run directory {run_dir} not found; pass the folder of a training "
                             "run, e.g. run_dir=outputs/runs/<date>/<time>")
+    if not (run_dir / "split.pt").exists() and not (run_dir / "checkpoints").is_dir():
+        inside = runs_under(run_dir)
+        if inside:
+            kind = "a seed batch" if inside[0].name.startswith("seed_") else "a sweep"
+            raise AnalysisError(f"{run_dir} is {kind}, not one run: analyse one of its runs, "
+                                f"e.g. run_dir={inside[0]} (grok.compare sweep={run_dir} "
+                                "compares them all)")
+        raise AnalysisError(f"{run_dir} is not a run directory (no split.pt, no checkpoints/); "
+                            "pass the folder of a training run, e.g. "
+                            "run_dir=outputs/runs/<date>/<time>")
     checkpoints = list_checkpoints(run_dir)
     if not checkpoints:
         raise AnalysisError(f"no checkpoints in {run_dir / 'checkpoints'} (step_*.pt); the run "
@@ -128,6 +138,27 @@ def load_run(run_dir: Path) -> LoadedRun:
     metrics_path = run_dir / METRICS_FILE
     metrics = read_metrics(metrics_path) if metrics_path.is_file() else []
     return LoadedRun(run_dir, task, split, checkpoints, metrics)
+
+
+def _job_order(d: Path) -> tuple:
+    return not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name
+
+
+def _is_run(d: Path) -> bool:
+    return d.is_dir() and (d / "checkpoints").is_dir()
+
+
+def runs_under(folder: Path) -> list[Path]:
+    """The run directories inside a sweep (or seed batch) folder, in job order: each job folder
+    that is a run, or, for a job that trained a seed batch, its seed_<s> folders."""
+    runs = []
+    for job in sorted((d for d in folder.iterdir() if d.is_dir()), key=_job_order):
+        if _is_run(job):
+            runs.append(job)
+        else:
+            runs += sorted((d for d in job.glob("seed_*") if _is_run(d)),
+                           key=lambda d: int(d.name.removeprefix("seed_")))
+    return runs
 
 
 def _check_split_belongs(run_dir: Path, split: Split, checkpoints: list[tuple[int, Path]]) -> None:
