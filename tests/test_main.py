@@ -7,6 +7,7 @@ import yaml
 from grok.main import run
 from grok.tracking import InMemoryLogger
 from grok.train import checkpoint as ckpt
+from grok.train.summary import summarize, summary_line
 from tests.conftest import run_cli, tiny_config
 from tests.wandb_records import history, offline_runs, read_records, run_record
 
@@ -96,3 +97,13 @@ def test_default_experiment_groks(tmp_path):
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert max(r["test/acc"] for r in rows) >= 0.99
+
+
+def test_the_done_line_says_when_test_accuracy_reached_099_or_never():
+    rows = [{"step": s, "train/acc": 1.0, "test/acc": a, "train/loss": 0.1, "test/loss": 0.2,
+             "time/elapsed_s": 3.0} for s, a in ((0, 0.0), (100, 0.5), (200, 0.995))]
+    assert summary_line(summarize(rows), "RUN") == (
+        "done: train acc 1.000, test acc 0.995, test acc >= 0.99 at step 200, wall 3.0 s, "
+        "run dir RUN")
+    assert summary_line(summarize(rows[:2]), "RUN") == (
+        "done: train acc 1.000, test acc 0.500, test acc >= 0.99 never, wall 3.0 s, run dir RUN")

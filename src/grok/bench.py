@@ -376,8 +376,9 @@ def _f(x: float | None, fmt: str = ".1f") -> str:
 
 
 def table(r: dict) -> str:
+    n = r["machine"]["threads"]
     lines = [("machine", f"{r['machine']['cpu']} ({r['machine']['cores']} cores, "
-                         f"{r['machine']['threads']} threads), torch {r['machine']['torch']}, "
+                         f"{n} thread{'' if n == 1 else 's'}), torch {r['machine']['torch']}, "
                          f"{r['clock']} clock, load {r['machine']['load_avg'][0]:.1f}")]
     if "peak" in r:
         lines.append(("matmul peak", f"fp32 {_f(r['peak']['fp32_gflops'], '.0f')} GFLOP/s, "
@@ -406,9 +407,9 @@ def table(r: dict) -> str:
                       f"{_f(100 * e['default_eval_overhead'])}% of training"))
     if "default" in r:
         d = r["default"]
-        lines.append(("default run", f"test acc >= 0.99 at step {d['step_to_0.99'] or 'never'} "
-                      f"after "
-                      f"{_f(d['time_to_0.99_s'])} s; {d['steps']} steps in "
+        reached = (f"at step {d['step_to_0.99']} after {_f(d['time_to_0.99_s'])} s"
+                   if d["step_to_0.99"] is not None else "never")
+        lines.append(("default run", f"test acc >= 0.99 {reached}; {d['steps']} steps in "
                       f"{_f(d['train_wall_s'])} s; process wall {_f(d['process_wall_s'])} s"))
     if "long" in r:
         lg = r["long"]

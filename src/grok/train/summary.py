@@ -25,5 +25,5 @@ def summary_line(summary: dict, run_dir) -> str:
     reached = summary["steps_to/test_acc_0.99"]
     return (f"done: train acc {summary['final/train_acc']:.3f}, "
             f"test acc {summary['final/test_acc']:.3f}, "
-            f"test acc >= 0.99 at step {reached if reached is not None else 'never'}, "
+            f"test acc >= 0.99 {'never' if reached is None else f'at step {reached}'}, "
             f"wall {summary['time/wall_s']:.1f} s, run dir {run_dir}")
