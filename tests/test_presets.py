@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from grok import naming
 from grok.train.schedule import checkpoint_steps
-from tests.conftest import compose_config
+from tests.conftest import compose_config, run_cli
 
 CONF = Path(grok.conf.__file__).parent
 PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -32,13 +32,24 @@ def test_the_issue_presets_exist():
 @pytest.mark.parametrize("form", ["experiment={}", "+experiment={}"])
 def test_every_preset_composes_and_checks(preset, form):
     if form.startswith("+"):
-        # `experiment` is already in the defaults list (optional, null), so `+experiment=` is
+        # `experiment` is already in the defaults list (null), so `+experiment=` is
         # refused by Hydra with a message; `experiment=NAME` is the form to use.
         with pytest.raises(Exception, match="experiment"):
             compose_config(form.format(preset))
         return
     cfg = compose_config(form.format(preset))
     assert preset in cfg.logger.tags
+
+
+def test_a_misspelt_preset_is_refused_with_the_list_of_presets(tmp_path):
+    # an `optional` group entry would skip a name it cannot find and train the default experiment
+    run_dir = tmp_path / "run"
+    result = run_cli("experiment=v1_baselin", f"hydra.run.dir={run_dir}", "logger=none",
+                     cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Could not find 'experiment/v1_baselin'" in result.stderr
+    assert "v1_baseline" in result.stderr.split("Available options")[1]
+    assert not run_dir.exists()
 
 
 def test_preset_values():
