@@ -63,11 +63,19 @@ def test_defaults():
     (["train.checkpoints=-1"], "train.checkpoints"),
     (["train.eval_every=0"], "train.eval_every"),
     (["train.eval_every=often"], "train.eval_every"),
+    (["task.p=100003"], "task.p"),
+    (["split.seed=-3"], "split.seed"),
+    (["train.checkpoints=0"], "train.checkpoints"),  # the default analysis needs them
 ])
 def test_out_of_range_values_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as err:
         compose_config(*overrides)
     assert str(err.value).startswith(f"{key}=")
+
+
+def test_values_next_to_the_bounds_are_accepted():
+    assert compose_config("train.checkpoints=0", "analysis=none").train.checkpoints == 0
+    assert compose_config("task.p=4096", "split.seed=0").task.p == 4096
 
 
 @pytest.mark.parametrize("override,needle", [

@@ -27,6 +27,7 @@ CHECKPOINT_SPACINGS = ("log", "linear", "log+linear")
 LOGGERS = ("wandb", "csv", "none")
 PRECISIONS = ("fp32", "bf16")
 ANALYSIS_SUITES = ("none", "grokking", "trajectory", "full")
+MAX_MODULUS = 4096  # p^2 pairs are built and evaluated: ~17M at the bound, 80 GB of pairs at 1e5
 
 
 class ConfigError(GrokError, ValueError):
@@ -170,6 +171,9 @@ def check(cfg: Config) -> Config:
     _one_of("task.op", t.op, tuple(OPERATIONS))
     if t.p < 3:
         _fail("task.p", t.p, "the modulus must be at least 3")
+    if t.p > MAX_MODULUS:
+        _fail("task.p", t.p, f"every run builds and evaluates all p^2 pairs; use p <= "
+                             f"{MAX_MODULUS}")
     if t.op == "div" and not is_prime(t.p):
         _fail("task.p", t.p, "div needs a prime modulus so that every b != 0 has an inverse")
 
@@ -211,6 +215,9 @@ def check(cfg: Config) -> Config:
     _positive("train.resume_every", tr.resume_every)
     if tr.checkpoints != "auto" and not _is_int(tr.checkpoints, minimum=0):
         _fail("train.checkpoints", tr.checkpoints, "choose a count >= 0 or auto")
+    if tr.checkpoints == 0 and cfg.analysis.name != "none":
+        _fail("train.checkpoints", 0, f"analysis={cfg.analysis.name} reads the analysis "
+                                      "checkpoints; save some or choose analysis=none")
     _one_of("train.checkpoint_spacing", tr.checkpoint_spacing, CHECKPOINT_SPACINGS)
     _one_of("train.precision", tr.precision, PRECISIONS)
     if not (isinstance(tr.compile, bool) or tr.compile == "auto"):
@@ -223,6 +230,8 @@ def check(cfg: Config) -> Config:
     _positive("steps", cfg.steps)
     if cfg.seed < 0:
         _fail("seed", cfg.seed, "must be >= 0")
+    if s.seed is not None and s.seed < 0:
+        _fail("split.seed", s.seed, "must be >= 0 (or null: the run's seed)")
     if any(s < 0 for s in cfg.seeds) or len(set(cfg.seeds)) != len(cfg.seeds):
         _fail("seeds", list(cfg.seeds), "must be distinct integers >= 0, e.g. seeds=[0,1,2,3]")
     if not (cfg.device in ("auto", "cpu", "cuda", "mps") or cfg.device.startswith("cuda:")):
