@@ -89,6 +89,16 @@ def test_cli_resumes_in_the_same_directory_and_refuses_another_config(tmp_path):
     saved = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
     assert saved["optim"]["lr"] == 0.001  # the run's own record is left as it was
 
+    # fewer steps than the run already has: refused (it reported a stale evaluation as done)
+    metrics = (run_dir / "metrics.jsonl").read_text()
+    shorter = run_cli(*common, "steps=20", cwd=tmp_path)
+    assert shorter.returncode == 1
+    assert shorter.stderr.strip().splitlines() == [
+        f"error: {run_dir} is already at step 40, past steps=20: rerun with steps=40 or more to "
+        f"finish or extend it (python -m grok.analyze run_dir={run_dir} analyses it as it is)"]
+    assert yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())["steps"] == 40
+    assert (run_dir / "metrics.jsonl").read_text() == metrics
+
 
 @pytest.mark.slow
 def test_default_experiment_groks(tmp_path):

@@ -113,6 +113,10 @@ def test_resume_with_another_config_is_refused(tmp_path):
     with pytest.raises(ResumeMismatch, match="model.n_heads=4, but this command has "
                                              "model.n_heads=2;"):
         another_model.fit(ckpt.load_resume_state(tmp_path))
+    in_bf16 = make_trainer(tiny_config("train.precision=bf16"), tmp_path)
+    with pytest.raises(ResumeMismatch, match="train.precision='fp32', but this command has "
+                                             "train.precision='bf16';"):
+        in_bf16.fit(ckpt.load_resume_state(tmp_path))
 
 
 def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path):

@@ -21,7 +21,7 @@ from grok.data.tasks import Task, build_task
 from grok.model import build_model
 from grok.tracking import Logger, build_logger
 from grok.train import checkpoint as ckpt
-from grok.train.trainer import Trainer, build_settings, check_identity
+from grok.train.trainer import ResumeMismatch, Trainer, build_settings, check_identity
 
 
 @dataclass
@@ -43,6 +43,11 @@ def build_run(cfg: Config, run_dir: Path, device: torch.device,
     resume = ckpt.load_resume_state(run_dir, map_location=device)
     if resume is not None:
         check_identity(resume.get("identity", {}), settings.identity, run_dir)
+        if resume["step"] > cfg.steps:
+            raise ResumeMismatch(
+                f"{run_dir} is already at step {resume['step']}, past steps={cfg.steps}: rerun "
+                f"with steps={resume['step']} or more to finish or extend it (python -m "
+                f"grok.analyze run_dir={run_dir} analyses it as it is)")
         warn_if_threads_differ(resume.get("torch_threads"))
     torch.manual_seed(cfg.seed)  # the model's initial weights are the only global-RNG draw
     model = build_model(model_config(cfg, task)).to(device)

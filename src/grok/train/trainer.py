@@ -39,7 +39,8 @@ class TrainingDiverged(GrokError):
 
 
 class ResumeMismatch(GrokError):
-    """The run directory holds a run with a different configuration."""
+    """The run directory holds a run with a different configuration, or one already past the
+    requested length."""
 
 
 class TrainingStopped(Exception):
@@ -77,7 +78,9 @@ def first_difference(saved: Any, wanted: Any, prefix: str = "") -> tuple[str, An
 
 def check_identity(saved: dict[str, Any], wanted: dict[str, Any], run_dir: Path) -> None:
     """Raise ResumeMismatch naming the first key where the saved run and this command differ."""
-    found = first_difference(saved, wanted)
+    # an identity names the precision only when it is not fp32 (grok.naming.identity)
+    fp32 = {"train.precision": "fp32"}
+    found = first_difference({**fp32, **saved}, {**fp32, **wanted})
     if found is not None:
         key, had, has = found[0].removesuffix("."), found[1], found[2]
         digest = hashlib.sha1(json.dumps(wanted, sort_keys=True, default=str).encode())
