@@ -85,3 +85,27 @@ def test_second_ctrl_c_interrupts_at_once():
     with pytest.raises(KeyboardInterrupt), GracefulStop():
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_during_the_analysis_interrupts_at_once(tmp_path, monkeypatch, sig):
+    """Training is saved by then and an analysis has no step boundary: the signal must not be
+    acknowledged and then ignored until the analysis ends."""
+    from grok import main as main_module
+    from grok.main import run
+    from grok.train.preemption import StoppedAfterTraining
+
+    analysed = []
+
+    def signalled_analysis(*args, **kwargs):
+        os.kill(os.getpid(), sig)
+        analysed.append("went on")  # must not be reached
+        return {}
+
+    monkeypatch.setattr(main_module, "run_analysis", signalled_analysis)
+    logger = InMemoryLogger()
+    with pytest.raises(StoppedAfterTraining) as stopped, GracefulStop() as stop:
+        run(tiny_config(*CFG), tmp_path, logger=logger, stop=stop)
+    assert stopped.value.signum == sig and not analysed
+    assert ckpt.load_resume_state(tmp_path)["step"] == 40  # training finished and was saved
+    assert logger.closed

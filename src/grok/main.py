@@ -29,7 +29,7 @@ from grok.files import remove_if_unused
 from grok.tracking import Logger
 from grok.train import checkpoint as ckpt
 from grok.train.multiseed import SeedBatch
-from grok.train.preemption import GracefulStop
+from grok.train.preemption import GracefulStop, StoppedAfterTraining
 from grok.train.summary import summarize, summary_line
 from grok.train.trainer import ResumeMismatch, TrainingStopped
 
@@ -49,10 +49,13 @@ def run(cfg: Config, run_dir: Path, logger: Logger | None = None,
         parts.trainer.should_stop = stop
     exit_code = 1
     try:
-        summary = finish(cfg, parts, parts.trainer.fit(parts.resume), device)
+        rows = parts.trainer.fit(parts.resume)
+        if stop is not None:
+            stop.finish_training()
+        summary = finish(cfg, parts, rows, device)
         exit_code = 0
         return summary
-    except TrainingStopped:
+    except (TrainingStopped, StoppedAfterTraining):
         exit_code = _stopped_exit_code(stop)
         raise
     finally:
@@ -83,10 +86,12 @@ def run_seeds(cfg: Config, run_dir: Path, loggers: list[Logger] | None = None,
         if stop is not None:
             batch.should_stop = stop
         all_rows = batch.fit([p.resume for p in parts])
+        if stop is not None:
+            stop.finish_training()
         summaries = [finish(c, p, rows, device) for c, p, rows in zip(cfgs, parts, all_rows)]
         exit_code = 0
         return summaries
-    except TrainingStopped:
+    except (TrainingStopped, StoppedAfterTraining):
         exit_code = _stopped_exit_code(stop)
         raise
     finally:
@@ -144,6 +149,12 @@ def main(dcfg: DictConfig) -> None:
         print(f"stopped by {stop.signal_name} after step {exc.step}; the resume state is saved. "
               f"{_continue_hint(run_dir, stop)}", file=sys.stderr, flush=True)
         stop.hand_over()  # under submitit: requeue the job (this exits)
+        raise SystemExit(128 + (stop.signum or 0)) from None
+    except StoppedAfterTraining:
+        _hydra_record(run_dir, keep=True)
+        print(f"stopped by {stop.signal_name} during the analysis; training is finished and "
+              f"saved. To redo the analysis: python -m grok.analyze run_dir={run_dir}",
+              file=sys.stderr, flush=True)
         raise SystemExit(128 + (stop.signum or 0)) from None
     except GrokError as exc:
         if isinstance(exc, (ResumeMismatch, ckpt.RunDirBusy)):

@@ -4,7 +4,8 @@ While a GracefulStop is entered, those signals only set a flag; the trainer chec
 step boundary (Trainer.should_stop), saves its resume state and raises TrainingStopped. The entry
 point then calls hand_over(): if someone handled the signal before us (under submitit, its handler
 for SIGUSR2 checkpoints the job and requeues it), that handler runs now, after the state is safe.
-A second SIGINT (Ctrl-C twice) interrupts at once.
+A second SIGINT (Ctrl-C twice) interrupts at once, and so does any stop signal once training is
+over (finish_training(): the analyses have no step boundary to wait for).
 
 SLURM sends SIGUSR2 `signal_delay_s` seconds before a submitit job's time limit (and on preemption
 when the cluster enables preempt_send_user_signal), SIGTERM when it cancels or preempts a job; a
@@ -26,6 +27,16 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 log = logging.getLogger(__name__)
 
 
+class StoppedAfterTraining(BaseException):
+    """A stop signal after training finished (during the analyses): there is no step to finish,
+    so it interrupts at once. A BaseException, like KeyboardInterrupt, so that no `except
+    Exception` on the way (e.g. around reading a checkpoint) mistakes it for a failure."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 class GracefulStop:
     """Context manager turning the stop signals into a flag; call the instance to read it."""
 
@@ -34,6 +45,7 @@ class GracefulStop:
         self.signum: int | None = None
         self.previous: dict[int, Any] = {}
         self.active = False
+        self.training_done = False
 
     def __call__(self) -> bool:
         return self.signum is not None
@@ -62,7 +74,14 @@ class GracefulStop:
                 signal.signal(sig, handler)
             self.active = False
 
+    def finish_training(self) -> None:
+        """Training is over and saved: from now on a stop signal interrupts at once."""
+        self.training_done = True
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.training_done:
+            self.signum = signum
+            raise StoppedAfterTraining(signum)
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # the second Ctrl-C: the user does not want to wait
         if self.signum is None:
