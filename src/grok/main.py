@@ -155,6 +155,7 @@ def main(dcfg: DictConfig) -> None:
         print(f"stopped by {stop.signal_name} during the analysis; training is finished and "
               f"saved. To redo the analysis: python -m grok.analyze run_dir={run_dir}",
               file=sys.stderr, flush=True)
+        stop.hand_over()  # under submitit: the requeued job redoes the summary and analysis
         raise SystemExit(128 + (stop.signum or 0)) from None
     except GrokError as exc:
         if isinstance(exc, (ResumeMismatch, ckpt.RunDirBusy)):
