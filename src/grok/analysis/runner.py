@@ -157,7 +157,7 @@ def runs_under(folder: Path) -> list[Path]:
             runs.append(job)
         else:
             runs += sorted((d for d in job.glob("seed_*") if _is_run(d)),
-                           key=lambda d: int(d.name.removeprefix("seed_")))
+                           key=lambda d: _job_order(Path(d.name.removeprefix("seed_"))))
     return runs
 
 

@@ -44,7 +44,6 @@ DIVERGENCES = frozenset({"js_divergence"})
 BLOCK_MEMORY = 1 << 30  # bytes for the two blocks of features held while filling the matrices
 MEMORISATION_ACC, GENERALISATION_ACC = 0.2, 0.9  # phase thresholds on test accuracy
 
-
 log = logging.getLogger(__name__)
 
 
