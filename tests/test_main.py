@@ -77,8 +77,15 @@ def test_cli_resumes_in_the_same_directory_and_refuses_another_config(tmp_path):
     common = ["task.p=7", "logger=csv", "train.eval_every=10", f"hydra.run.dir={run_dir}"]
     first = run_cli(*common, "steps=20", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
+    assert "resuming" not in first.stdout
     longer = run_cli(*common, "steps=40", cwd=tmp_path)
     assert longer.returncode == 0, longer.stderr
+    assert "resuming at step 20 of 40\n" in longer.stdout
+    # p = 7 at 80%: 39 training pairs, fewer than the default batch of 512
+    assert "train.batch_size=512 covers all 39 training pairs: every step is full-batch" in (
+        longer.stdout)
+    again = run_cli(*common, "steps=40", cwd=tmp_path)
+    assert "already trained to step 40: redoing its summary and analysis" in again.stdout
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows][:3] == [0, 1, 2] and rows[-1]["step"] == 40
     assert torch.load(ckpt.resume_path(run_dir), weights_only=True)["step"] == 40

@@ -21,7 +21,13 @@ from grok.data.tasks import Task, build_task
 from grok.model import build_model
 from grok.tracking import Logger, build_logger
 from grok.train import checkpoint as ckpt
-from grok.train.trainer import ResumeMismatch, Trainer, build_settings, check_identity
+from grok.train.trainer import (
+    ResumeMismatch,
+    Trainer,
+    TrainSettings,
+    build_settings,
+    check_identity,
+)
 
 
 @dataclass
@@ -53,6 +59,7 @@ def build_run(cfg: Config, run_dir: Path, device: torch.device,
     model = build_model(model_config(cfg, task)).to(device)
     report_disk(run_dir, model, task, settings.checkpoint_steps)
     split = prepare_split(cfg, task, run_dir)
+    report_start(cfg, settings, len(split.train_idx), resume)
     logger = logger or open_logger(cfg, run_dir, split, resume or {})
     trainer = Trainer(model, task, split, settings, logger, run_dir, device)
     trainer.extra_state["wandb_run_id"] = logger.run_id
@@ -60,6 +67,17 @@ def build_run(cfg: Config, run_dir: Path, device: torch.device,
     if hasattr(logger, "history_step"):  # W&B: where a resumed fragment's rows continue
         trainer.extra_state["wandb_step"] = lambda: logger.history_step
     return RunParts(trainer, logger, resume)
+
+
+def report_start(cfg: Config, settings: TrainSettings, n_train: int, resume: dict | None) -> None:
+    """Say where a resumed run picks up, and when a minibatch size means full-batch training."""
+    if resume is not None:
+        done = resume["step"]
+        print(f"resuming at step {done} of {cfg.steps}" if done < cfg.steps else
+              f"already trained to step {done}: redoing its summary and analysis", flush=True)
+    if settings.batch_size is not None and settings.batch_size >= n_train:
+        print(f"train.batch_size={settings.batch_size} covers all {n_train} training pairs: "
+              "every step is full-batch", flush=True)
 
 
 def warn_if_threads_differ(saved: int | None) -> None:
