@@ -73,6 +73,22 @@ def test_config_errors(cli_run, capsys):
     assert analyze(none) == {} and "nothing to analyse" in capsys.readouterr().out
 
 
+def test_a_run_that_stopped_early_is_analysed_with_a_warning(cli_run, caplog):
+    cfg = to_analyze_config(compose_analyze(f"run_dir={cli_run}", "logger=none",
+                                            "progress=false"))
+    with caplog.at_level("WARNING", logger="grok.analyze"):
+        analyze(cfg)
+    mine = [r for r in caplog.records if r.name == "grok.analyze"]
+    assert not mine  # the tiny run trained all its 40 steps
+    record = cli_run / ".hydra" / "accepted" / "config.yaml"
+    record.write_text(record.read_text().replace("steps: 40", "steps: 100"))
+    with caplog.at_level("WARNING", logger="grok.analyze"):
+        analyze(cfg)
+    assert [r.getMessage() for r in caplog.records if r.name == "grok.analyze"] == [
+        f"the run stopped at step 40 of 100; this analyses the part it trained (resume it with "
+        f"python -m grok.main hydra.run.dir={cli_run} and its overrides to finish it)"]
+
+
 @pytest.mark.parametrize("override,key", [
     ("analysis.window=1", "analysis.window"),
     ("analysis.threshold=0", "analysis.threshold"),

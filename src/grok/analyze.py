@@ -85,6 +85,7 @@ def analyze(cfg: AnalyzeConfig, logger: Logger | None = None) -> dict:
         print("analysis=none: nothing to analyse; choose analysis=grokking", flush=True)
         return {}
     run = load_run(run_dir)  # every check on the run directory before a logger writes into it
+    warn_if_incomplete(run)
     last = run.checkpoints[-1][0]
     if cfg.t_grok is not None and cfg.t_grok > last:
         raise ConfigError(f"t_grok={cfg.t_grok} is invalid: the run's last checkpoint is at "
@@ -101,6 +102,19 @@ def analyze(cfg: AnalyzeConfig, logger: Logger | None = None) -> dict:
         return results
     finally:
         logger.close(exit_code)
+
+
+def warn_if_incomplete(run: LoadedRun) -> None:
+    """An analysis of a run that stopped early is valid but covers part of it: say so."""
+    trained = recorded_config(run.run_dir)
+    if trained is None or not run.metrics:
+        return
+    reached = run.metrics[-1]["step"]
+    if reached < trained.steps:
+        logging.getLogger("grok.analyze").warning(
+            "the run stopped at step %d of %d; this analyses the part it trained (resume it with "
+            "python -m grok.main hydra.run.dir=%s and its overrides to finish it)", reached,
+            trained.steps, run.run_dir)
 
 
 def recorded_config(run_dir: Path) -> Config | None:
