@@ -97,6 +97,38 @@ def test_accuracy_band_stays_inside_0_and_1(tmp_path, monkeypatch):
     assert (tmp_path / "compare_accuracy.png").exists()
 
 
+def test_a_mean_curve_stops_where_the_shortest_seed_ends(tmp_path, monkeypatch, caplog):
+    """Seeds at accuracy 0.2 (to step 10) and 0.8 (to step 40): past step 10 the mean would
+    jump to the longer seed's 0.8, which no mean over both seeds ever was."""
+    from grok import compare as compare_module
+    from grok import plots
+
+    lines = []
+    real = plots.plt.Axes.plot
+
+    def recording(ax, x, y, *args, **kwargs):
+        lines.append((list(x), list(y)))
+        return real(ax, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(plots.plt.Axes, "plot", recording)
+
+    def seed(acc, steps):
+        return {"t_grok": None, "checkpoint_steps": steps, "test_accuracy": [acc] * len(steps),
+                "final_layer_rank": [5.0] * len(steps), "avg_entropy": [0.5] * len(steps),
+                "full_analyses": [], "model": {"d_model": 8, "n_ctx": 3}}
+
+    groups = {"v": [seed(0.2, [1, 10]), seed(0.8, [1, 10, 40])]}
+    with caplog.at_level("WARNING", logger="grok.compare"):
+        compare_module.warn_about_lengths(groups)
+    assert caplog.messages == ["the runs labelled v end at different steps (10, 40): its mean "
+                               "curves stop at step 10, where the shortest ends"]
+    plots.compare_figures(groups, tmp_path)
+    steps, mean = lines[0]  # compare_accuracy.png's mean curve
+    assert steps == [1, 10, 40]
+    np.testing.assert_allclose(mean[:2], [0.5, 0.5])
+    assert np.isnan(mean[2])
+
+
 def test_default_labels_keep_different_configurations_apart():
     a, b = tiny_config(), tiny_config("seed=1")
     c, d = tiny_config("split=structured"), tiny_config("optim.lr=0.01")

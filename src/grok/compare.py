@@ -8,6 +8,7 @@ compare.json), and logs all of it as a W&B run of job type "compare".
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +135,7 @@ def compare_runs(cfg: CompareConfig, out_dir: Path, logger: Logger | None = None
     groups: dict[str, list[dict]] = {}
     for e in entries:
         groups.setdefault(e.label, []).append(e.report)
+    warn_about_lengths(groups)
     figures = plots.compare_figures(groups, out_dir, cfg.xscale)
     print(format_table(result))
     print(f"wrote {', '.join(str(p) for p in [*paths.values(), *figures.values()])}", flush=True)
@@ -145,6 +147,17 @@ def compare_runs(cfg: CompareConfig, out_dir: Path, logger: Logger | None = None
     finally:
         logger.close(exit_code)
     return result
+
+
+def warn_about_lengths(groups: dict[str, list[dict]]) -> None:
+    """Seeds of one label that end at different steps: the plots draw their mean only as far as
+    the shortest, and the tables compare runs of different lengths."""
+    for label, reports in groups.items():
+        ends = sorted({r["checkpoint_steps"][-1] for r in reports})
+        if len(ends) > 1:
+            logging.getLogger("grok.compare").warning(
+                "the runs labelled %s end at different steps (%s): its mean curves stop at step "
+                "%d, where the shortest ends", label, ", ".join(map(str, ends)), ends[0])
 
 
 def log_comparison(result: dict[str, Any], figures: dict[str, Path], logger: Logger) -> None:

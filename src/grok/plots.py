@@ -199,12 +199,16 @@ def _compare_panel(ax, groups: dict[str, list[dict]], metric: str, xscale: str) 
                 curves.append(([s for s, _ in keep], [v for _, v in keep]))
         if curves:
             b = band(curves)
-            ax.plot(b["step"], b["mean"], color=colour, linewidth=1.6,
+            # only where every seed has a value: past the end of a shorter run the mean would
+            # silently become that of fewer seeds
+            every = b["count"] == len(curves)
+            mean, std = np.where(every, b["mean"], np.nan), np.where(every, b["std"], np.nan)
+            ax.plot(b["step"], mean, color=colour, linewidth=1.6,
                     label=f"{label} (n={len(runs)})")
             if len(curves) > 1:
                 low, high = COMPARE_RANGES[metric]
-                ax.fill_between(b["step"], np.clip(b["mean"] - b["std"], low, high),
-                                np.clip(b["mean"] + b["std"], low, high),
+                ax.fill_between(b["step"], np.clip(mean - std, low, high),
+                                np.clip(mean + std, low, high),
                                 color=colour, alpha=0.2, linewidth=0)
         for r in runs:
             if r["t_grok"] is not None and (xscale != "log" or r["t_grok"] > 0):
