@@ -112,3 +112,19 @@ def test_an_added_key_that_the_schema_lacks_is_refused(tmp_path, module, schema_
         f"error: unknown config key {key} (added with +{key}=...): remove it; "
         f"`python -m {module} --cfg job` lists every key"]
     assert list(tmp_path.rglob("*.yaml")) == []  # no output folder with a Hydra record
+
+
+@pytest.mark.parametrize("module,usage,groups", [
+    ("grok.main", "python -m grok.main [group=option ...]", {"task", "model", "experiment"}),
+    ("grok.analyze", "python -m grok.analyze run_dir=PATH", {"analysis", "logger"}),
+    ("grok.compare", "python -m grok.compare runs=[DIR1,DIR2,...]", {"logger"}),
+])
+def test_help_says_what_the_command_does_and_lists_only_its_groups(tmp_path, module, usage,
+                                                                   groups):
+    result = run_cli("--help", cwd=tmp_path, module=module)
+    assert result.returncode == 0 and result.stdout.startswith(usage)
+    head = result.stdout.split("\n== Config ==")[0].split("\n== Config (")[0]  # groups only
+    listed = {line.split(":")[0] for line in head.splitlines()
+              if line.split(":")[0] in {"task", "model", "experiment", "analysis", "logger",
+                                        "split", "optim", "train"}}
+    assert listed >= groups and (module == "grok.main" or listed == groups)
