@@ -162,6 +162,25 @@ def test_undetected_t_grok_is_null_with_a_warning(copy, caplog):
     assert any("differs from metrics.jsonl" in w for w in report["warnings"])
 
 
+def test_results_of_an_earlier_analysis_that_stop_short_are_pointed_out(copy, caplog):
+    """A run analysed with analysis=full, then resumed and trained on: the end-of-run grokking
+    suite rewrites its report, while the trajectory files still cover the shorter run."""
+    last = ckpt.list_checkpoints(copy)[-1][0]
+    summary = copy / "analysis" / "trajectory" / "summary.json"
+    summary.parent.mkdir(parents=True)
+    summary.write_text(json.dumps({"checkpoint_steps": [0, last]}))  # up to date: no warning
+    with caplog.at_level(logging.WARNING, logger="grok.analysis.runner"):
+        run_analysis(copy, "grokking", AnalysisSettings(), CPU, NullLogger(), progress=False)
+    assert not [r for r in caplog.records if r.name == "grok.analysis.runner"]
+    summary.write_text(json.dumps({"checkpoint_steps": [0, 10]}))
+    with caplog.at_level(logging.WARNING, logger="grok.analysis.runner"):
+        run_analysis(copy, "grokking", AnalysisSettings(), CPU, NullLogger(), progress=False)
+    assert [r.getMessage() for r in caplog.records if r.name == "grok.analysis.runner"] == [
+        f"{summary} covers checkpoints up to step 10 only, from an earlier analysis; the run has "
+        f"checkpoints to step {last} now (python -m grok.analyze run_dir={copy} "
+        "analysis=trajectory updates it)"]
+
+
 def test_missing_run_directory_and_missing_checkpoints(tmp_path, copy):
     with pytest.raises(AnalysisError, match="run directory .* not found"):
         run_analysis(tmp_path / "nope", "grokking", AnalysisSettings(), CPU, NullLogger())

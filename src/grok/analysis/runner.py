@@ -12,6 +12,7 @@ checksum verified and checked against the checkpoints and the run's recorded con
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -21,10 +22,11 @@ from typing import Any
 import torch
 import yaml
 
-from grok.analysis.grokking import grokking_suite
+from grok.analysis.grokking import REPORT_FILE, grokking_suite
 from grok.analysis.grokking import summary_line as grokking_line
 from grok.analysis.settings import AnalysisError, AnalysisSettings
 from grok.analysis.tgrok import detect_t_grok
+from grok.analysis.trajectory import OUT_DIR as TRAJECTORY_DIR
 from grok.analysis.trajectory import run_trajectory_suite
 from grok.analysis.trajectory import summary_line as trajectory_line
 from grok.data.splits import Split, SplitError, load_split
@@ -108,7 +110,30 @@ def analyse_loaded(run: LoadedRun, suite: str, settings: AnalysisSettings, devic
         results[name] = step(run, settings, t_grok=t_grok, device=torch.device(device),
                              logger=logger, progress=progress)
         t_grok = results[name].get("t_grok", t_grok)
+    warn_about_earlier_outputs(run, set(results))
     return results
+
+
+# What each suite step writes, with the checkpoint steps it covered ("checkpoint_steps")
+SUMMARY_FILES = {"grokking": REPORT_FILE, "trajectory": TRAJECTORY_DIR / "summary.json"}
+
+
+def warn_about_earlier_outputs(run: LoadedRun, done: set[str]) -> None:
+    """Results of a suite not run this time that stop short of the run's last checkpoint (the run
+    was resumed and trained on since) sit next to fresh ones: say which and how to update them."""
+    last = run.checkpoints[-1][0]
+    for name, path in SUMMARY_FILES.items():
+        summary = run.run_dir / path
+        if name in done or not summary.is_file():
+            continue
+        try:
+            covered = json.loads(summary.read_text())["checkpoint_steps"][-1]
+        except (ValueError, KeyError, IndexError, TypeError):
+            continue  # not ours to judge
+        if covered < last:
+            log.warning("%s covers checkpoints up to step %d only, from an earlier analysis; the "
+                        "run has checkpoints to step %d now (python -m grok.analyze run_dir=%s "
+                        "analysis=%s updates it)", summary, covered, last, run.run_dir, name)
 
 
 def load_run(run_dir: Path) -> LoadedRun:
