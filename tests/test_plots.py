@@ -58,3 +58,27 @@ def test_every_grokking_figure_uses_the_scale_and_still_shows_step_0(
             assert xscale == scale
             assert left <= 0  # step 0 (initialisation) stays on the plot
     assert all(p.stat().st_size > 0 for p in paths.values())
+
+
+@pytest.mark.parametrize("n,t_grok,expected", [
+    (11, 400, list(range(11))),  # all labelled while they fit
+    (40, 1430, [0, 6, 11, 14, 17, 22, 28, 33, 39]),  # 8 spread out, and 14 (step 1400) at t_grok
+])
+def test_heatmap_ticks_label_every_checkpoint_or_the_one_at_t_grok(tmp_path, monkeypatch, n,
+                                                                  t_grok, expected):
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    steps = [100 * i for i in range(n)]
+    seen = []
+    real = plt.Axes.set_xticks
+
+    def recording(ax, ticks, labels=None, **kwargs):
+        seen.append((list(ticks), list(labels)))
+        return real(ax, ticks, labels, **kwargs)
+
+    monkeypatch.setattr(plt.Axes, "set_xticks", recording)
+    plots.trajectory_heatmaps({"tn_similarity": np.eye(n)}, steps, tmp_path / "h.png", t_grok)
+    ticks, labels = seen[0]
+    assert ticks == expected
+    assert labels == [str(steps[i]) for i in ticks]

@@ -272,8 +272,10 @@ def trajectory_heatmaps(matrices: dict, steps: list[int], path: Path,
     """One N x N heatmap per matrix, ticks labelled with steps, t_grok marked on both axes."""
     n = len(steps)
     fig, axes = plt.subplots(1, len(matrices), figsize=(5.2 * len(matrices), 4.6), squeeze=False)
-    ticks = np.unique(np.linspace(0, n - 1, min(n, 8)).round().astype(int))
     pos = float(np.interp(t_grok, steps, np.arange(n))) if t_grok is not None else None
+    # every checkpoint while the labels fit; else 8 spread out plus the one nearest t_grok
+    ticks = np.arange(n) if n <= 16 else np.unique(np.append(
+        np.linspace(0, n - 1, 8).round(), [] if pos is None else [round(pos)])).astype(int)
     for ax, (name, m) in zip(axes[0], matrices.items()):
         divergence = name == "js_divergence"
         im = ax.imshow(m, cmap="magma" if divergence else "viridis", origin="upper",
