@@ -87,8 +87,18 @@ def test_fresh_directory_has_no_resume_state_and_stale_temporaries_go(tmp_path):
     stale.write_bytes(b"half a checkpoint")
     keep = folder / "step_0000010.pt"
     keep.write_bytes(b"x")
+    # an analysis or plot killed mid-write leaves its temporary file too
+    others = [tmp_path / "plots" / ".curves.png.x1.tmp",
+              tmp_path / "analysis" / "trajectory" / ".summary.json.x2.tmp"]
+    for path in others:
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"half")
+    wandb_own = tmp_path / "wandb" / ".run.x3.tmp"
+    wandb_own.parent.mkdir()
+    wandb_own.write_bytes(b"theirs")
     assert ckpt.load_resume_state(tmp_path) is None
     assert not stale.exists() and keep.exists()
+    assert not any(path.exists() for path in others) and wandb_own.exists()
 
 
 def test_training_continued_from_the_fallback_equals_an_uninterrupted_run(tmp_path):

@@ -85,12 +85,13 @@ def analyze(cfg: AnalyzeConfig, logger: Logger | None = None) -> dict:
         print("analysis=none: nothing to analyse; choose analysis=grokking", flush=True)
         return {}
     run = load_run(run_dir)  # every check on the run directory before a logger writes into it
-    warn_if_incomplete(run)
+    trained = recorded_config(run_dir)
+    warn_if_incomplete(run, trained)
     last = run.checkpoints[-1][0]
     if cfg.t_grok is not None and cfg.t_grok > last:
         raise ConfigError(f"t_grok={cfg.t_grok} is invalid: the run's last checkpoint is at "
                           f"step {last}")
-    logger = logger or open_logger(cfg, run)
+    logger = logger or open_logger(cfg, run, trained)
     exit_code = 1
     try:
         results = analyse_loaded(run, cfg.analysis.name,
@@ -104,9 +105,9 @@ def analyze(cfg: AnalyzeConfig, logger: Logger | None = None) -> dict:
         logger.close(exit_code)
 
 
-def warn_if_incomplete(run: LoadedRun) -> None:
-    """An analysis of a run that stopped early is valid but covers part of it: say so."""
-    trained = recorded_config(run.run_dir)
+def warn_if_incomplete(run: LoadedRun, trained: Config | None) -> None:
+    """An analysis of a run that stopped early is valid but covers part of it: say so.
+    `trained` is the run's recorded training config (None when it has none)."""
     if trained is None or not run.metrics:
         return
     reached = run.metrics[-1]["step"]
@@ -130,10 +131,10 @@ def recorded_config(run_dir: Path) -> Config | None:
     return obj if isinstance(obj, Config) else None
 
 
-def open_logger(cfg: AnalyzeConfig, run: LoadedRun) -> Logger:
-    """A logger run of job type "analysis", grouped and named like the training run."""
+def open_logger(cfg: AnalyzeConfig, run: LoadedRun, trained: Config | None) -> Logger:
+    """A logger run of job type "analysis", grouped and named like the training run (its
+    recorded config `trained`; generic names when there is none)."""
     lc = cfg.logger
-    trained = recorded_config(run.run_dir)
     info: dict[str, Any] = {"run_dir": str(run.run_dir.resolve()), "t_grok": cfg.t_grok,
                             "split_checksum": run.split.checksum}
     if trained is not None:

@@ -139,7 +139,7 @@ def compare_runs(cfg: CompareConfig, out_dir: Path, logger: Logger | None = None
     figures = plots.compare_figures(groups, out_dir, cfg.xscale)
     print(format_table(result))
     print(f"wrote {', '.join(str(p) for p in [*paths.values(), *figures.values()])}", flush=True)
-    logger = logger or open_logger(cfg, out_dir, list(groups), result["baseline"])
+    logger = logger or open_logger(cfg, out_dir, dirs, list(groups), result["baseline"])
     exit_code = 1
     try:
         log_comparison(result, figures, logger)
@@ -176,9 +176,10 @@ def log_comparison(result: dict[str, Any], figures: dict[str, Path], logger: Log
     logger.summary(summary)
 
 
-def open_logger(cfg: CompareConfig, out_dir: Path, labels: list[str], baseline: str) -> Logger:
+def open_logger(cfg: CompareConfig, out_dir: Path, dirs: list[Path], labels: list[str],
+                baseline: str) -> Logger:
     lc = cfg.logger
-    config = {"runs": [str(d) for d in run_dirs(cfg)], "labels": labels, "baseline": baseline,
+    config = {"runs": [str(d) for d in dirs], "labels": labels, "baseline": baseline,
               "xscale": cfg.xscale}
     return build_logger(lc.backend, out_dir, project=lc.project, entity=lc.entity, mode=lc.mode,
                         config=config, group="compare", name="compare-" + "-vs-".join(labels),

@@ -10,6 +10,9 @@ from grok.config import Config, config_dict
 
 # Keys that do not change what is trained: how long, where, how it is logged or analysed.
 _RUNTIME_KEYS = ("steps", "device", "logger", "analysis", "seeds")
+# Identity keys added after runs were saved without them: named only when not at this value, so
+# that older runs keep their identity. Compare identities through complete_identity().
+LATER_KEYS = {"train.precision": "fp32"}
 
 
 def identity(cfg: Config) -> dict[str, Any]:
@@ -19,9 +22,14 @@ def identity(cfg: Config) -> dict[str, Any]:
         d.pop(key)
     train = d.pop("train")
     d["train.batch_size"] = train["batch_size"]
-    if train["precision"] != "fp32":  # only then, so fp32 runs keep their identity
+    if train["precision"] != LATER_KEYS["train.precision"]:
         d["train.precision"] = train["precision"]
     return {k: d[k] for k in sorted(d)}
+
+
+def complete_identity(identity: dict[str, Any]) -> dict[str, Any]:
+    """An identity with the LATER_KEYS it leaves out at their values, for comparisons."""
+    return {**LATER_KEYS, **identity}
 
 
 def variant(cfg: Config) -> str:

@@ -12,13 +12,14 @@ matplotlib.use("Agg")  # files only; no display on cluster nodes or CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from grok.analysis.aggregate import band  # noqa: E402
+from grok.files import atomic_write  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
+    """Save atomically: a plot being rewritten (an analysis run again) is never seen half-drawn."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip("."), dpi=120))
     plt.close(fig)
     return path
 

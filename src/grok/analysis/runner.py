@@ -26,7 +26,7 @@ from grok.analysis.grokking import REPORT_FILE, grokking_suite
 from grok.analysis.grokking import summary_line as grokking_line
 from grok.analysis.settings import AnalysisError, AnalysisSettings
 from grok.analysis.tgrok import detect_t_grok
-from grok.analysis.trajectory import OUT_DIR as TRAJECTORY_DIR
+from grok.analysis.trajectory import SUMMARY_FILE as TRAJECTORY_SUMMARY
 from grok.analysis.trajectory import run_trajectory_suite
 from grok.analysis.trajectory import summary_line as trajectory_line
 from grok.data.splits import Split, SplitError, load_split
@@ -115,7 +115,7 @@ def analyse_loaded(run: LoadedRun, suite: str, settings: AnalysisSettings, devic
 
 
 # What each suite step writes, with the checkpoint steps it covered ("checkpoint_steps")
-SUMMARY_FILES = {"grokking": REPORT_FILE, "trajectory": TRAJECTORY_DIR / "summary.json"}
+SUMMARY_FILES = {"grokking": REPORT_FILE, "trajectory": TRAJECTORY_SUMMARY}
 
 
 def warn_about_earlier_outputs(run: LoadedRun, done: set[str]) -> None:

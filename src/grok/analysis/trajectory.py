@@ -34,10 +34,12 @@ from grok.analysis.scan import load_or_reason
 from grok.data.splits import Split
 from grok.data.tasks import Task
 from grok.errors import GrokError
+from grok.files import atomic_write
 from grok.progress import progress_enabled
 from grok.tracking import Logger
 
 OUT_DIR = Path("analysis") / "trajectory"
+SUMMARY_FILE = OUT_DIR / "summary.json"
 MATRICES = ("tn_similarity", "act_similarity", "js_divergence")
 EXACT = "tn_exact_similarity"  # bilinear models only
 DIVERGENCES = frozenset({"js_divergence"})
@@ -257,7 +259,12 @@ def _json_safe(obj):
 
 
 def _write_json(obj, path: Path) -> None:
-    path.write_text(json.dumps(_json_safe(obj), indent=1, allow_nan=False) + "\n")
+    text = json.dumps(_json_safe(obj), indent=1, allow_nan=False) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _write_array(array: np.ndarray, path: Path) -> None:
+    atomic_write(path, lambda f: np.save(f, array))
 
 
 # --------------------------------------------------------------------------- the suite
@@ -293,8 +300,8 @@ def run_trajectory_suite(run_dir: Path, task: Task, split: Split,
     matrices_s = time.perf_counter() - clock - forward_s
 
     for name, m in matrices.items():
-        np.save(out_dir / f"{name}.npy", m)
-    np.save(out_dir / "checkpoint_steps.npy", np.array(steps, dtype=np.int64))
+        _write_array(m, out_dir / f"{name}.npy")
+    _write_array(np.array(steps, dtype=np.int64), out_dir / "checkpoint_steps.npy")
     history = training_history(metrics)
     _write_json(history, out_dir / "training_history.json")
     summary = summarize(matrices, steps, history, t_grok)
@@ -307,7 +314,7 @@ def run_trajectory_suite(run_dir: Path, task: Task, split: Split,
                            "block_loads": loads["load"],
                            "plots": time.perf_counter() - clock - forward_s - matrices_s}
     summary["checkpoints_loaded_from_store"] = loads["loaded"]
-    _write_json(summary, out_dir / "summary.json")
+    _write_json(summary, run_dir / SUMMARY_FILE)
     logger.summary({k: v for k, v in _json_safe(summary_scalars(summary)).items()
                     if v is not None})
     return summary

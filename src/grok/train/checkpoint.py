@@ -131,10 +131,13 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
-    """Delete temporary files left by a write that was killed (they are never complete)."""
+    """Delete temporary files left by a write that was killed (they are never complete): ours
+    (grok.files), in the run directory's own folders; W&B's folder is left alone."""
     run_dir = Path(run_dir)
-    stale = [p for folder in (run_dir, run_dir / CHECKPOINT_DIR) if folder.is_dir()
-             for p in folder.glob(".*.tmp")]
+    analysis = run_dir / "analysis"
+    folders = [run_dir, run_dir / CHECKPOINT_DIR, run_dir / "logs", run_dir / "plots", analysis,
+               *analysis.rglob("*/")]  # "*/": its subfolders (none when it does not exist)
+    stale = [p for folder in folders if folder.is_dir() for p in folder.glob(".*.tmp")]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

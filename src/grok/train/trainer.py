@@ -22,6 +22,7 @@ from grok.data.splits import Split
 from grok.data.tasks import Task
 from grok.device import use_compile
 from grok.errors import GrokError
+from grok.naming import complete_identity
 from grok.progress import progress_enabled
 from grok.tracking.base import Logger
 from grok.train import checkpoint as ckpt
@@ -78,9 +79,7 @@ def first_difference(saved: Any, wanted: Any, prefix: str = "") -> tuple[str, An
 
 def check_identity(saved: dict[str, Any], wanted: dict[str, Any], run_dir: Path) -> None:
     """Raise ResumeMismatch naming the first key where the saved run and this command differ."""
-    # an identity names the precision only when it is not fp32 (grok.naming.identity)
-    fp32 = {"train.precision": "fp32"}
-    found = first_difference({**fp32, **saved}, {**fp32, **wanted})
+    found = first_difference(complete_identity(saved), complete_identity(wanted))
     if found is not None:
         key, had, has = found[0].removesuffix("."), found[1], found[2]
         digest = hashlib.sha1(json.dumps(wanted, sort_keys=True, default=str).encode())
