@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+from grok.data.splits import SplitError
 from grok.main import run
 from grok.tracking import NullLogger
 from grok.train import checkpoint as ckpt
@@ -149,6 +150,32 @@ def test_a_run_that_cannot_fit_on_disk_is_refused_before_writing(tmp_path, monke
     with pytest.raises(ckpt.InsufficientDisk, match="lower train.checkpoints"):
         run(tiny_config(), tmp_path / "run", logger=NullLogger())
     assert not (tmp_path / "run" / "split.pt").exists()
+
+
+def test_an_extended_run_counts_only_the_checkpoints_after_its_step_as_still_to_write(
+        tmp_path, capsys):
+    """Extending a run moves its checkpoint schedule: steps before the resume point that the new
+    schedule names were never saved and never will be, so they are not "still to write"."""
+    run(tiny_config("steps=40", "train.checkpoints=8"), tmp_path, logger=NullLogger())
+    run(tiny_config("steps=80", "train.checkpoints=8"), tmp_path, logger=NullLogger())
+    capsys.readouterr()
+    before = {s for s, _ in ckpt.list_checkpoints(tmp_path)}
+    run(tiny_config("steps=120", "train.checkpoints=8"), tmp_path, logger=NullLogger())
+    disk_line = next(line for line in capsys.readouterr().out.splitlines()
+                     if line.startswith("disk:"))
+    written = {s for s, _ in ckpt.list_checkpoints(tmp_path)} - before
+    assert written and min(written) > 80
+    one = ckpt.checkpoint_path(tmp_path, max(written)).stat().st_size
+    # the two resume files exist already, so only the new analysis checkpoints remain
+    assert f"{len(written) * one / 1e3:.1f} kB still to write" in disk_line
+
+
+def test_a_split_that_cannot_be_made_stops_the_run_before_the_disk_line(tmp_path, capsys):
+    with pytest.raises(SplitError, match="leaves"):
+        run(tiny_config("task.p=5", "split=structured", "split.train_frac=0.999"),
+            tmp_path / "run", logger=NullLogger())
+    assert "disk:" not in capsys.readouterr().out
+    assert not list((tmp_path / "run").glob("*.pt"))
 
 
 def test_resuming_with_another_thread_count_warns(tmp_path, caplog):

@@ -1,9 +1,10 @@
 """Build the parts of one training run from its checked config (used by grok.main).
 
 build_run does, in this order, everything a run needs before its first step: the resume state is
-checked against the command before anything is written or logged, the disk the checkpoints will
-take is printed, the split is made (or loaded on resume), the logger is opened (reopening the
-saved W&B run on resume) and the trainer is wired.
+checked against the command before anything is written or logged, the split is made (or loaded on
+resume), the disk the checkpoints will take is printed and checked, a new split is saved, the
+logger is opened (reopening the saved W&B run on resume) and the trainer is wired. So a split that
+cannot be made or a disk that is too small stops the run before it writes anything.
 """
 
 from __future__ import annotations
@@ -57,8 +58,12 @@ def build_run(cfg: Config, run_dir: Path, device: torch.device,
         warn_if_threads_differ(resume.get("torch_threads"))
     torch.manual_seed(cfg.seed)  # the model's initial weights are the only global-RNG draw
     model = build_model(model_config(cfg, task)).to(device)
-    report_disk(run_dir, model, task, settings.checkpoint_steps)
-    split = prepare_split(cfg, task, run_dir)
+    split_path = run_dir / "split.pt"
+    split = load_or_make_split(cfg, task, split_path)
+    report_disk(run_dir, model, task, settings.checkpoint_steps,
+                trained_to=None if resume is None else resume["step"])
+    if not split_path.exists():
+        save_split(split, split_path)
     report_start(cfg, settings, len(split.train_idx), resume)
     logger = logger or open_logger(cfg, run_dir, split, resume or {})
     trainer = Trainer(model, task, split, settings, logger, run_dir, device)
@@ -89,10 +94,11 @@ def warn_if_threads_differ(saved: int | None) -> None:
             "it exact)", saved, torch.get_num_threads(), saved)
 
 
-def report_disk(run_dir: Path, model: torch.nn.Module, task: Task, steps: list[int]) -> None:
+def report_disk(run_dir: Path, model: torch.nn.Module, task: Task, steps: list[int],
+                trained_to: int | None) -> None:
     """Print what the run's checkpoints will take; refuse to start if the disk cannot hold it."""
     estimate = ckpt.estimate_disk(run_dir, model, model.config_dict(),
-                                  {"op": task.op, "p": task.p}, steps)
+                                  {"op": task.op, "p": task.p}, steps, trained_to)
     print(estimate.line(), flush=True)
     if estimate.remaining_bytes > estimate.free_bytes:
         raise ckpt.InsufficientDisk(
@@ -101,9 +107,8 @@ def report_disk(run_dir: Path, model: torch.nn.Module, task: Task, steps: list[i
             "space or lower train.checkpoints")
 
 
-def prepare_split(cfg: Config, task: Task, run_dir: Path) -> Split:
-    """The run's split: made and saved on a fresh run, loaded (checksum-verified) on resume."""
-    path = run_dir / "split.pt"
+def load_or_make_split(cfg: Config, task: Task, path: Path) -> Split:
+    """The run's split: loaded (checksum-verified) on resume, else made (the caller saves it)."""
     if path.exists():
         split = load_split(path, task)
         wanted = (cfg.split.name, cfg.split_seed)
@@ -112,10 +117,8 @@ def prepare_split(cfg: Config, task: Task, run_dir: Path) -> Split:
                              f"{split.params}) that does not match this config; "
                              "use another run directory")
         return split
-    split = make_split(task, cfg.split.name, cfg.split.train_frac, cfg.split_seed,
-                       cfg.split.pattern)
-    save_split(split, path)
-    return split
+    return make_split(task, cfg.split.name, cfg.split.train_frac, cfg.split_seed,
+                      cfg.split.pattern)
 
 
 def model_config(cfg: Config, task: Task) -> dict:

@@ -320,10 +320,11 @@ def _serialized_size(obj: Any) -> int:
 
 
 def estimate_disk(run_dir: Path, model: torch.nn.Module, model_config: dict, task: dict,
-                  steps: list[int]) -> DiskEstimate:
+                  steps: list[int], trained_to: int | None = None) -> DiskEstimate:
     """Estimate the checkpoint bytes of a run that saves weights at `steps`, by serializing what
     those files hold: the model's weights, and for the resume state the weights with AdamW's two
-    moment buffers per parameter and the RNG state."""
+    moment buffers per parameter and the RNG state. A run resumed at step `trained_to` writes only
+    the checkpoints after it (an extended run's schedule can name earlier steps it never saved)."""
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     ckpt_bytes = _serialized_size(_weights_payload(max(steps, default=0), weights, model_config,
                                                    task))
@@ -334,7 +335,8 @@ def estimate_disk(run_dir: Path, model: torch.nn.Module, model_config: dict, tas
     resume_bytes = _serialized_size({"model": weights, "optimizer": optimizer,
                                      "torch_rng": torch.get_rng_state(),
                                      _CHECKSUM_KEY: "0" * 64}) + 1024  # + scalars and identity
-    missing = sum(not checkpoint_path(run_dir, s).exists() for s in steps)
+    missing = sum(not checkpoint_path(run_dir, s).exists() for s in steps
+                  if trained_to is None or s > trained_to)
     missing_resume = sum(not p.exists() for p in (resume_path(run_dir), previous_path(run_dir)))
     folder = Path(run_dir)
     while not folder.exists():
