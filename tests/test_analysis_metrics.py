@@ -106,6 +106,9 @@ def test_correlations_against_closed_forms():
     assert pearson(x, [2 * v + 1 for v in x]) == pytest.approx(1.0)
     assert pearson(x, [-v for v in x]) == pytest.approx(-1.0)
     assert pearson(x, [1.0] * 5) is None and pearson([1, 2], [2, 1]) is None
+    # constants that floats cannot represent centre to ~1e-17, not 0: still no correlation
+    assert pearson([0.1] * 3, [87, 86, 80]) is None
+    assert pearson(x, [1 / 4656] * 5) is None
     assert spearman(x, [v**3 for v in x]) == pytest.approx(1.0)  # monotone, not linear
     assert pearson(x, [v**3 for v in x]) < 0.99
     np.testing.assert_allclose(average_ranks([10, 20, 20, 5]), [2, 3.5, 3.5, 1])

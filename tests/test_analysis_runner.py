@@ -4,11 +4,13 @@ import json
 import logging
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from grok.analysis import runner as runner_module
 from grok.analysis import scan as scan_module
 from grok.analysis.base import Probe, forward_pass, load_model
 from grok.analysis.grokking import summary_line
@@ -16,9 +18,12 @@ from grok.analysis.runner import (
     SUITES,
     AnalysisError,
     AnalysisSettings,
+    LoadedRun,
     analysis_lines,
     run_analysis,
+    trajectory_step,
 )
+from grok.analysis.tgrok import detect_t_grok
 from grok.config import ANALYSIS_SUITES
 from grok.data.splits import SplitError, load_split, make_split, save_split
 from grok.data.tasks import build_task
@@ -290,3 +295,21 @@ def test_forward_pass_is_shared_by_all_analyzers(copy, monkeypatch):
     run_analysis(copy, "grokking", AnalysisSettings(), CPU, NullLogger(), progress=False)
     n = len(ckpt.list_checkpoints(copy))
     assert calls == {"load": n, "forward": n}
+
+
+@pytest.mark.parametrize("monotone", [True, False])
+def test_the_trajectory_suite_alone_detects_t_grok_with_the_grokking_settings(monkeypatch,
+                                                                               monotone):
+    """Run alone, the trajectory suite marks the t_grok the grokking suite would find: with
+    analysis.monotone=false the raw curve's (here the recovery from a late spike)."""
+    steps = list(range(0, 1100, 50))
+    acc = [0.1 if s < 300 else 1.0 for s in steps]
+    acc[15:17] = [0.05, 0.05]  # a collapse at 750-800, recovered at 850
+    expected = detect_t_grok(steps, acc, monotone=monotone).t_grok
+    assert expected == (300 if monotone else 850)
+    run = LoadedRun(Path("run"), build_task("add", 7), None, [],
+                    [{"step": s, "test/acc": a} for s, a in zip(steps, acc)])
+    monkeypatch.setattr(runner_module, "run_trajectory_suite",
+                        lambda *args, t_grok, **kwargs: {"t_grok": t_grok})
+    out = trajectory_step(run, AnalysisSettings(monotone=monotone), t_grok=None)
+    assert out["t_grok"] == expected

@@ -90,6 +90,13 @@ def test_recovery_from_a_loss_spike_is_not_grokking():
     assert detect_t_grok(STEPS, acc).t_grok == 1000
 
 
+def test_a_rise_of_exactly_the_threshold_counts_despite_float_rounding():
+    acc = [0.2, 0.2, 0.2, 0.3, 0.35]  # 0.35 - 0.2 is 0.14999999999999997 in floats
+    assert acc[-1] - acc[0] < 0.15
+    assert detect_t_grok([0, 1, 2, 3, 4], acc).t_grok == 3
+    assert detect_t_grok([0, 1, 2, 3, 4], [0.2, 0.2, 0.2, 0.3, 0.3499]).t_grok is None
+
+
 def test_a_run_stopped_mid_rise_is_flagged():
     acc = sigmoid(5100, 100)  # the rise is centred past the last evaluation (5000)
     tg = detect_t_grok(STEPS, acc)

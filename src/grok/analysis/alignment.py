@@ -21,6 +21,8 @@ def pearson(x, y) -> float | None:
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if len(x) < 3:
         return None
+    if np.all(x == x[0]) or np.all(y == y[0]):
+        return None  # tested before centring: x - x.mean() of a constant is ~1e-17, not 0
     xc, yc = x - x.mean(), y - y.mean()
     denom = np.sqrt((xc**2).sum() * (yc**2).sum())
     if denom == 0 or not np.isfinite(denom):

@@ -66,7 +66,7 @@ def trajectory_step(run: LoadedRun, settings: AnalysisSettings, *, t_grok: int |
     if t_grok is None and run.metrics:
         t_grok = detect_t_grok([r["step"] for r in run.metrics],
                                [r["test/acc"] for r in run.metrics], settings.window,
-                               settings.threshold).t_grok
+                               settings.threshold, monotone=settings.monotone).t_grok
     return run_trajectory_suite(*run.as_args(), t_grok=t_grok, block_size=settings.block_size,
                                 **kwargs)
 

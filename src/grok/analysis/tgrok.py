@@ -25,6 +25,9 @@ import numpy as np
 
 METHOD_SHARPEST_RISE = "sharpest_rise"
 METHOD_FORCED = "forced"
+# A rise is a difference of two float accuracies: 0.35 - 0.2 is 0.1499999..., which must still
+# count as the 0.15 it is. Far below one pair's share of any test set this tool can make (1/p^2).
+RISE_TOLERANCE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ def detect_t_grok(steps, test_acc, window: int = 5, threshold: float = 0.15,
         end = start + min(window, len(acc)) - 1
         found = dict(max_rise=rise, window_steps=(int(steps[start]), int(steps[end])),
                      detected=int(steps[at]), warning=None)
-        if rise < threshold:
+        if rise < threshold - RISE_TOLERANCE:
             found.update(detected=None, warning=(
                 f"t_grok not detected: maximum accuracy increase below threshold ({rise:.4f} < "
                 f"{threshold} over {min(window, len(acc))} evaluation points)"))
