@@ -62,6 +62,21 @@ def test_block_is_a_x_a(p, frac):
     assert split.mirror_leak == 0.0  # A x A is symmetric: no mirror can be in training
 
 
+def test_stripe_has_the_documented_size_for_every_p_and_fraction():
+    """|D| = round((1 - train_frac) * p) exactly; where that is p, nothing is left to train on."""
+    for p in range(3, 31):
+        task = build_task("add", p)
+        for frac in (0.005, 0.1, 0.25, 0.3, 0.5, 0.7, 0.9, 0.97):
+            target = round((1 - frac) * p)
+            if target in (0, p):
+                with pytest.raises(SplitError, match="leaves"):
+                    make_split(task, "structured", frac, seed=1, pattern="stripe")
+                continue
+            split = make_split(task, "structured", frac, seed=1, pattern="stripe")
+            diffs = {(a - b) % p for a, b in pair_sets(task, split)[1]}
+            assert len(diffs) == target, (p, frac)
+
+
 @pytest.mark.parametrize("p,frac", [(13, 0.5), (17, 0.8), (23, 0.3), (12, 0.5)])
 def test_stripe_is_a_symmetric_difference_set(p, frac):
     task = build_task("sub", p)

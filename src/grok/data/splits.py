@@ -89,7 +89,7 @@ def stripe_test_mask(task: Task, train_frac: float, gen: torch.Generator) -> tor
         if len(chosen) + 2 > target:
             break
         chosen.extend(couples[i])
-    if len(chosen) < target and singles:  # even p, odd remainder: take p/2
+    while len(chosen) < target and singles:  # even p: p/2 (and 0 when D is every difference)
         chosen.append(singles.pop(0))
     in_d = torch.zeros(p, dtype=torch.bool)
     in_d[torch.tensor(chosen, dtype=torch.long)] = True
