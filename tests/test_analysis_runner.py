@@ -81,6 +81,7 @@ def test_training_runs_the_suite_and_logs_it(trained):
     assert {"rank/layer_1", "rank/layer_2", "entropy/layer_2_head_4", "entropy/avg"} <= set(
         logged[steps[-1]])
     names = {name for name, _, _ in logger.figures}
+    assert {step for _, _, step in logger.figures} == {steps[-1]}
     assert {"plots/grokking", "plots/grokking_accuracy", "plots/grokking_rank",
             "plots/grokking_entropy"} <= names
     for name in ("grokking", "grokking_accuracy", "grokking_rank", "grokking_entropy"):

@@ -23,6 +23,7 @@ def test_run_writes_a_complete_run_directory(tmp_path, split):
     assert summary["final/test_acc"] == rows[-1]["test/acc"]
     assert ckpt.list_checkpoints(tmp_path)[-1][0] == 40
     assert logger.closed and logger.figures[0][0] == "plots/curves"
+    assert {step for _, _, step in logger.figures} == {40}  # every figure at the last step
     assert logger.summary_values["time/wall_s"] > 0
 
 

@@ -117,7 +117,8 @@ def test_suite_writes_its_outputs_and_entries_match_an_independent_computation(t
     names = {name for name, _, _ in logger.figures}
     assert names == {f"trajectory/{k}" for k in ("heatmaps", "to_final", "training",
                                                  "consecutive", "scatter")}
-    for _, path, _ in logger.figures:
+    for _, path, step in logger.figures:
+        assert step == steps[-1]
         assert path.is_file() and path.parent == root / "plots" and path.stat().st_size > 10_000
     assert logger.summary_values["trajectory/n_checkpoints"] == n
     assert logger.summary_values["trajectory/tn_similarity_mean"] == pytest.approx(tn["mean"])

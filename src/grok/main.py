@@ -110,7 +110,8 @@ def finish(cfg: Config, parts: RunParts, rows: list[dict], device: torch.device)
     run_dir, logger = parts.trainer.run_dir, parts.logger
     curves = plots.training_curves(rows, run_dir / "plots" / "curves.png",
                                    title=naming.run_name(cfg))
-    logger.log_figure("plots/curves", curves)
+    # at the run's last step: logged without one, a rerun's fresh W&B process files it at step 0
+    logger.log_figure("plots/curves", curves, step=rows[-1]["step"])
     summary = summarize(rows)
     logger.summary(summary)
     print(summary_line(summary, run_dir), flush=True)

@@ -227,8 +227,8 @@ def _log(report: dict[str, Any], figures: dict[str, Path], logger: Logger, elaps
     keys = [k for k in metrics if k.startswith(("rank/", "entropy/", "entropy_norm/"))]
     for i, step in enumerate(metrics["step"]):
         logger.log({k: metrics[k][i] for k in keys}, step=step)
-    for name, path in figures.items():
-        logger.log_figure(f"plots/{name}", path)
+    for name, path in figures.items():  # at the last analysed step (see grok.main.finish)
+        logger.log_figure(f"plots/{name}", path, step=metrics["step"][-1])
     logger.summary({**summary_values(report), "time/analysis_s": elapsed})
 
 

@@ -308,7 +308,7 @@ def run_trajectory_suite(run_dir: Path, task: Task, split: Split,
 
     figures = plots.trajectory_figures(matrices, summary, history, run_dir / "plots")
     for name, path in figures.items():
-        logger.log_figure(f"trajectory/{name}", path)
+        logger.log_figure(f"trajectory/{name}", path, step=steps[-1])
     summary["block_size"] = block
     summary["timing_s"] = {"forward": forward_s, "matrices": matrices_s,
                            "block_loads": loads["load"],
