@@ -214,6 +214,19 @@ def test_a_sweep_of_seed_batches_lists_every_seed_in_job_order(tmp_path):
         run_dirs(CompareConfig(runs=[str(tmp_path / "2")], sweep=str(tmp_path)))
 
 
+def test_a_preset_sweep_lists_its_jobs_in_hydra_job_order_not_by_name(tmp_path):
+    """Preset sweeps name job folders after their overrides; labels=[...] follow the order in
+    which Hydra launched them (its job number), which sorting the names would not give."""
+    jobs = {"seed=0,split=random": 0, "seed=0,split=structured": 1, "seed=0,split=conflict": 2,
+            "seed=1,split=random": 3}
+    for name, num in jobs.items():
+        for sub in ("checkpoints", ".hydra"):
+            (tmp_path / name / sub).mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "hydra.yaml").write_text(
+            f"hydra:\n  job:\n    name: main\n    num: {num}\n")
+    assert [d.name for d in runs_under(tmp_path)] == list(jobs)
+
+
 def test_compare_opens_a_wandb_run_of_job_type_compare(tiny_runs, tmp_path, monkeypatch):
     opened = {}
 

@@ -166,7 +166,23 @@ def load_run(run_dir: Path) -> LoadedRun:
 
 
 def _job_order(d: Path) -> tuple:
-    return not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name
+    """Hydra's job number where the job recorded it (preset sweeps name their job folders after
+    the overrides, which sort otherwise: seed=0,split=conflict before seed=0,split=random),
+    then numbered folders by number, then names."""
+    num = _recorded_job_number(d)
+    return (num is None, num or 0, not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0,
+            d.name)
+
+
+def _recorded_job_number(job: Path) -> int | None:
+    for path in (job / ".hydra" / "accepted" / "hydra.yaml", job / ".hydra" / "hydra.yaml"):
+        if path.is_file():
+            try:
+                num = yaml.safe_load(path.read_text())["hydra"]["job"]["num"]
+            except (yaml.YAMLError, KeyError, TypeError):
+                return None
+            return num if isinstance(num, int) else None
+    return None
 
 
 def _is_run(d: Path) -> bool:
