@@ -11,6 +11,7 @@ from grok.main import run, run_seeds
 from grok.tracking import InMemoryLogger
 from grok.train import checkpoint as ckpt
 from grok.train.multiseed import SeedBatch
+from grok.train.trainer import ResumeMismatch
 from tests.conftest import run_cli, tiny_config
 from tests.test_trainer import make_trainer, without_time
 from tests.wandb_records import offline_runs, read_records, run_record
@@ -33,6 +34,7 @@ def assert_same_run_directory(a, b):
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), step
     ra, rb = ckpt.load_resume_state(a), ckpt.load_resume_state(b)
     assert ra["step"] == rb["step"] and ra["scheduler"] == rb["scheduler"]
+    assert torch.equal(ra["torch_rng"], rb["torch_rng"])
     assert all(torch.equal(ra["model"][k], rb["model"][k]) for k in rb["model"])
     sa, sb = ra["optimizer"]["state"], rb["optimizer"]["state"]
     assert sa.keys() == sb.keys()
@@ -135,3 +137,25 @@ def test_a_seed_batch_trains_eagerly_whatever_train_compile_says(tmp_path, no_cp
         assert rows(seed_dir)[-1]["step"] == 4
         saved = yaml.safe_load((seed_dir / ".hydra" / "config.yaml").read_text())
         assert saved["train"]["compile"] is True
+
+
+def test_a_seed_batch_and_a_single_run_never_share_a_directory(tmp_path):
+    """A preset puts a batch in outputs/NAME/seeds_<a>_<b>, not in the single run s<seed>; a
+    batch pointed at a single run's directory (or a single run at a batch's) is refused and
+    leaves the run and its Hydra record as they were."""
+    common = ("experiment=v1_baseline", "task.p=7", "steps=10", "logger=none", "analysis=none")
+    assert run_cli(*common, cwd=tmp_path).returncode == 0
+    single = tmp_path / "outputs" / "v1_baseline" / "s0"
+    record = (single / ".hydra" / "overrides.yaml").read_text()
+    batch = run_cli(*common, "seeds=[0,1]", cwd=tmp_path)
+    assert batch.returncode == 0, batch.stderr
+    assert (tmp_path / "outputs" / "v1_baseline" / "seeds_0_1" / "seed_1" / "split.pt").is_file()
+    assert not list(single.glob("seed_*"))
+
+    refused = run_cli(*common, "seeds=[0,1]", f"hydra.run.dir={single}", cwd=tmp_path)
+    assert refused.returncode == 1 and "holds a single run, not a seed batch" in refused.stderr
+    assert not list(single.glob("seed_*"))
+    assert (single / ".hydra" / "overrides.yaml").read_text() == record
+    assert (single / ".hydra" / "accepted" / "overrides.yaml").read_text() == record
+    with pytest.raises(ResumeMismatch, match=r"holds a seed batch \(seed_0, seed_1\)"):
+        run(tiny_config(), tmp_path / "outputs" / "v1_baseline" / "seeds_0_1", InMemoryLogger())

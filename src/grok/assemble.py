@@ -74,6 +74,24 @@ def build_run(cfg: Config, run_dir: Path, device: torch.device,
     return RunParts(trainer, logger, resume)
 
 
+def check_run_or_batch(run_dir: Path, seeds: list[int]) -> None:
+    """A directory holds one run or one seed batch (its seed_<s> runs), never both: a batch
+    started in a single run's directory would bury it and rewrite its Hydra record."""
+    run_dir = Path(run_dir)
+    single = ckpt.has_resume_state(run_dir) or (run_dir / "split.pt").exists()
+    batch = sorted(d.name for d in run_dir.glob("seed_*")
+                   if ckpt.has_resume_state(d) or (d / "split.pt").exists())
+    if seeds and single:
+        raise ResumeMismatch(
+            f"{run_dir} holds a single run, not a seed batch: train seeds={list(seeds)} in "
+            "another directory (hydra.run.dir=...)")
+    if not seeds and batch:
+        raise ResumeMismatch(
+            f"{run_dir} holds a seed batch ({', '.join(batch)}): continue it with seeds=[...], "
+            f"one of its seeds alone with hydra.run.dir={run_dir / batch[0]}, or start this run "
+            "in another directory")
+
+
 def report_start(cfg: Config, settings: TrainSettings, n_train: int, resume: dict | None) -> None:
     """Say where a resumed run picks up, and when a minibatch size means full-batch training."""
     if resume is not None:

@@ -142,9 +142,19 @@ warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigSto
 
 
 def register_configs() -> None:
-    """Register the schema. config.yaml lists it first, so every group file merged into its typed
-    fields is checked against the matching dataclass (types and unknown keys)."""
+    """Register the schema (config.yaml lists it first, so every group file merged into its typed
+    fields is checked against the matching dataclass: types and unknown keys) and the presets'
+    run-folder resolver."""
     ConfigStore.instance().store(name="base_config", node=Config)
+    if not OmegaConf.has_resolver("grok.seed_folder"):
+        OmegaConf.register_new_resolver(
+            "grok.seed_folder", lambda seed, seeds: seed_folder(seed, list(seeds or [])))
+
+
+def seed_folder(seed: int, seeds: list[int]) -> str:
+    """A preset's run folder: s<seed> for one run, seeds_<a>_<b>... for a seed batch, so that a
+    batch never lands in (and rewrites the record of) the single run of its first seed."""
+    return "seeds_" + "_".join(str(s) for s in seeds) if seeds else f"s{seed}"
 
 
 def _fail(key: str, value: Any, allowed: str) -> None:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from grok import naming, plots
 from grok.analysis.runner import analysis_lines, run_analysis, settings_from_config
-from grok.assemble import RunParts, build_run
+from grok.assemble import RunParts, build_run, check_run_or_batch
 from grok.config import Config, register_configs, to_config
 from grok.device import resolve_device
 from grok.errors import GrokError
@@ -41,6 +41,7 @@ def run(cfg: Config, run_dir: Path, logger: Logger | None = None,
     """Train (or resume) one run in run_dir and return its summary. With `stop` (an entered
     GracefulStop), a stop signal saves the resume state and raises TrainingStopped. With
     cfg.seeds, train a batch of runs in run_dir/seed_<s> (run_seeds); return the first summary."""
+    check_run_or_batch(run_dir, cfg.seeds)
     if cfg.seeds:
         return run_seeds(cfg, run_dir, stop=stop)[0]
     device = resolve_device(cfg.device)
@@ -82,6 +83,9 @@ def run_seeds(cfg: Config, run_dir: Path, loggers: list[Logger] | None = None,
             # neither ask for a compiler nor announce a compile here.
             eager = dataclasses.replace(c, train=dataclasses.replace(c.train, compile=False))
             parts.append(build_run(eager, seed_dir, device, loggers[i] if loggers else None))
+            # The global RNG is drawn from only to initialise the model, so a separate run saves
+            # the state its seed left there; the batch's own state is the last seed's.
+            parts[-1].trainer.extra_state["torch_rng"] = torch.get_rng_state()
         batch = SeedBatch([p.trainer for p in parts])
         if stop is not None:
             batch.should_stop = stop
