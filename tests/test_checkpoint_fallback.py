@@ -10,7 +10,7 @@ from grok.data.splits import SplitError
 from grok.main import run
 from grok.tracking import NullLogger
 from grok.train import checkpoint as ckpt
-from tests.conftest import tiny_config
+from tests.conftest import run_cli, tiny_config
 from tests.test_trainer import make_trainer, without_time
 
 
@@ -195,6 +195,17 @@ def test_a_run_directory_is_locked_while_training(tmp_path):
                 pass
     with ckpt.lock_run_dir(tmp_path):  # released on exit
         pass
+
+
+def test_a_command_refused_as_busy_leaves_the_holders_directory_alone(tmp_path):
+    """The holder may not have written anything yet (just locked): the refused command must not
+    take its folder for an unused one and delete it, lock file and all."""
+    run_dir = tmp_path / "run"
+    with ckpt.lock_run_dir(run_dir):
+        refused = run_cli("task.p=7", "steps=10", "logger=none", f"hydra.run.dir={run_dir}",
+                          cwd=tmp_path)
+        assert refused.returncode == 1 and "in use by another training process" in refused.stderr
+        assert (run_dir / ckpt.LOCK_FILE).read_text() == f"{os.getpid()}\n"
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])

@@ -109,3 +109,18 @@ def test_a_signal_during_the_analysis_interrupts_at_once(tmp_path, monkeypatch, 
     assert stopped.value.signum == sig and not analysed
     assert ckpt.load_resume_state(tmp_path)["step"] == 40  # training finished and was saved
     assert logger.closed
+
+
+def test_a_signal_during_the_last_step_stops_before_the_analysis(tmp_path, monkeypatch):
+    """No step boundary follows the last step: the signal must not be acknowledged there and
+    then ignored through the whole analysis (exit 0 under a scheduler's stop)."""
+    from grok import main as main_module
+    from grok.main import run
+    from grok.train.preemption import StoppedAfterTraining
+
+    analysed = []
+    monkeypatch.setattr(main_module, "run_analysis", lambda *a, **k: analysed.append(1) or {})
+    with pytest.raises(StoppedAfterTraining) as stopped, GracefulStop() as stop:
+        run(tiny_config(*CFG), tmp_path, logger=SignalAt(signal.SIGTERM, 40), stop=stop)
+    assert stopped.value.signum == signal.SIGTERM and not analysed
+    assert ckpt.load_resume_state(tmp_path)["step"] == 40

@@ -165,7 +165,8 @@ def main(dcfg: DictConfig) -> None:
     except GrokError as exc:
         if isinstance(exc, (ResumeMismatch, ckpt.RunDirBusy)):
             _hydra_record(run_dir, keep=False)
-        remove_if_unused(run_dir, also=(ckpt.LOCK_FILE,))
+        if not isinstance(exc, ckpt.RunDirBusy):  # a busy directory belongs to the lock's holder,
+            remove_if_unused(run_dir, also=(ckpt.LOCK_FILE,))  # which may not have written yet
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
 

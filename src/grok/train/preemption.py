@@ -75,8 +75,12 @@ class GracefulStop:
             self.active = False
 
     def finish_training(self) -> None:
-        """Training is over and saved: from now on a stop signal interrupts at once."""
+        """Training is over and saved: from now on a stop signal interrupts at once, and one
+        that came during the last step (or while a finished run was reopened), which no step
+        boundary will act on any more, stops here."""
         self.training_done = True
+        if self.signum is not None:
+            raise StoppedAfterTraining(self.signum)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.training_done:
