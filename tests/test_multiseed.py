@@ -159,3 +159,19 @@ def test_a_seed_batch_and_a_single_run_never_share_a_directory(tmp_path):
     assert (single / ".hydra" / "accepted" / "overrides.yaml").read_text() == record
     with pytest.raises(ResumeMismatch, match=r"holds a seed batch \(seed_0, seed_1\)"):
         run(tiny_config(), tmp_path / "outputs" / "v1_baseline" / "seeds_0_1", InMemoryLogger())
+
+
+def test_a_command_refused_in_a_seeds_directory_leaves_its_record(tmp_path):
+    """A batch seed's directory keeps an accepted config record like any run, so a refused
+    command there (another train_frac) puts it back and the seed still analyses."""
+    common = ("task.p=7", "steps=10", "logger=none", "analysis=none")
+    assert run_cli(*common, "seeds=[0,1]", f"hydra.run.dir={tmp_path / 'b'}",
+                   cwd=tmp_path).returncode == 0
+    seed_dir = tmp_path / "b" / "seed_0"
+    before = {p.name: p.read_text() for p in (seed_dir / ".hydra").glob("*.yaml")}
+    assert set(before) == {"config.yaml"}
+    refused = run_cli(*common, "split.train_frac=0.5", f"hydra.run.dir={seed_dir}", cwd=tmp_path)
+    assert refused.returncode == 1 and "split.train_frac" in refused.stderr
+    assert {p.name: p.read_text() for p in (seed_dir / ".hydra").glob("*.yaml")} == before
+    analysed = run_cli(f"run_dir={seed_dir}", "logger=none", cwd=tmp_path, module="grok.analyze")
+    assert analysed.returncode == 0, analysed.stderr

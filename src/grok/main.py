@@ -77,8 +77,6 @@ def run_seeds(cfg: Config, run_dir: Path, loggers: list[Logger] | None = None,
     try:
         for i, c in enumerate(cfgs):
             seed_dir = Path(run_dir) / f"seed_{c.seed}"
-            (seed_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(OmegaConf.structured(c), seed_dir / ".hydra" / "config.yaml")
             # A seed batch trains eagerly (SeedBatch has its own step), so train.compile must
             # neither ask for a compiler nor announce a compile here.
             eager = dataclasses.replace(c, train=dataclasses.replace(c.train, compile=False))
@@ -86,6 +84,8 @@ def run_seeds(cfg: Config, run_dir: Path, loggers: list[Logger] | None = None,
             # The global RNG is drawn from only to initialise the model, so a separate run saves
             # the state its seed left there; the batch's own state is the last seed's.
             parts[-1].trainer.extra_state["torch_rng"] = torch.get_rng_state()
+        for c, p in zip(cfgs, parts):  # once every seed's resume check has passed
+            _save_seed_record(c, p.trainer.run_dir)
         batch = SeedBatch([p.trainer for p in parts])
         if stop is not None:
             batch.should_stop = stop
@@ -126,16 +126,29 @@ def finish(cfg: Config, parts: RunParts, rows: list[dict], device: torch.device)
     return summary
 
 
+def _save_seed_record(cfg: Config, seed_dir: Path) -> None:
+    """The config record `seed=<s>` alone would have left (Hydra writes none for a batch's
+    seeds), accepted as main() accepts a run's, so a refused command there can put it back."""
+    for folder in (seed_dir / ".hydra", seed_dir / ".hydra" / "accepted"):
+        folder.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.structured(cfg), folder / "config.yaml")
+
+
 def _hydra_record(run_dir: Path, keep: bool) -> None:
     """Hydra rewrites .hydra/ before a job starts, even when the job then refuses to resume a run
     with another config. keep=True saves the record of a run that started; keep=False puts it
-    back, so a refused command leaves the run directory as it was."""
+    back (and removes files the refused command added), so a refused command leaves the run
+    directory as it was."""
     record, accepted = run_dir / ".hydra", run_dir / ".hydra" / "accepted"
     src, dst = (record, accepted) if keep else (accepted, record)
     if src.is_dir():
         dst.mkdir(parents=True, exist_ok=True)
         for f in src.glob("*.yaml"):
             shutil.copy2(f, dst / f.name)
+        if not keep:
+            for f in dst.glob("*.yaml"):
+                if not (src / f.name).exists():
+                    f.unlink()
 
 
 @hydra.main(version_base="1.3", config_path="pkg://grok.conf", config_name="config")
