@@ -20,6 +20,7 @@ from grok.analysis.runner import (
     AnalysisSettings,
     LoadedRun,
     analysis_lines,
+    load_run,
     run_analysis,
     trajectory_step,
 )
@@ -314,3 +315,12 @@ def test_the_trajectory_suite_alone_detects_t_grok_with_the_grokking_settings(mo
                         lambda *args, t_grok, **kwargs: {"t_grok": t_grok})
     out = trajectory_step(run, AnalysisSettings(monotone=monotone), t_grok=None)
     assert out["t_grok"] == expected
+
+
+def test_a_run_killed_while_writing_a_metrics_row_is_analysed_without_that_row(copy, caplog):
+    path = copy / "metrics.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-1]) + lines[-1][:25])
+    loaded = load_run(copy)
+    assert loaded.metrics == [json.loads(line) for line in lines[:-1]]
+    assert "its last line is cut short" in caplog.text

@@ -9,7 +9,14 @@ from grok.model import build_model
 from grok.naming import identity
 from grok.tracking import InMemoryLogger
 from grok.train import checkpoint as ckpt
-from grok.train.trainer import ResumeMismatch, Trainer, TrainingDiverged, build_settings
+from grok.train.trainer import (
+    DamagedMetrics,
+    ResumeMismatch,
+    Trainer,
+    TrainingDiverged,
+    build_settings,
+    read_metrics,
+)
 from tests.conftest import tiny_config
 
 
@@ -63,6 +70,57 @@ def test_resume_drops_metric_rows_after_the_saved_state(tmp_path):
     rows = make_trainer(cfg, tmp_path / "c").fit(ckpt.load_resume_state(tmp_path / "c"))
     assert [r["step"] for r in rows] == sorted({r["step"] for r in rows})
     assert all(r["train/loss"] != 9.0 for r in rows)
+
+
+def test_a_row_cut_short_after_the_resume_state_is_dropped_and_redone(tmp_path, caplog):
+    """kill -9 in the middle of writing a row leaves it torn; it comes after the resume state
+    (which is saved after the row), so it is dropped and redone."""
+    cfg = tiny_config("steps=40", "train.resume_every=20", "train.eval_every=5")
+    straight = make_trainer(cfg, tmp_path / "a").fit()
+    make_trainer(cfg, tmp_path / "b").fit(until=20)
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(straight[5])[:30])
+    rows = make_trainer(cfg, tmp_path / "b").fit(ckpt.load_resume_state(tmp_path / "b"))
+    assert without_time(rows) == without_time(straight)
+    assert "its last line is cut short" in caplog.text
+
+
+@pytest.mark.parametrize("damage", ["deleted", "last row cut", "rows lost"])
+def test_resume_refuses_a_metrics_file_that_lost_rows(tmp_path, damage):
+    """Rows up to the resume state cannot be redone: continuing would detect t_grok on what is
+    left, so the resume is refused with the way out."""
+    cfg = tiny_config("steps=40", "train.resume_every=20", "train.eval_every=5")
+    make_trainer(cfg, tmp_path).fit(until=20)
+    path = tmp_path / "metrics.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    if damage == "deleted":
+        path.unlink()
+    elif damage == "last row cut":
+        path.write_text("".join(lines[:-1]) + lines[-1][:20])
+    else:
+        path.write_text("".join(lines[:2]))
+    with pytest.raises(ResumeMismatch, match="had evaluated step 20 when its resume state was "
+                                             "saved: its history is damaged"):
+        make_trainer(cfg, tmp_path).fit(ckpt.load_resume_state(tmp_path))
+
+
+def test_a_garbled_metrics_line_is_a_one_line_error(tmp_path):
+    make_trainer(tiny_config(), tmp_path).fit()
+    path = tmp_path / "metrics.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:2] + ["{not json\n"] + lines[3:]))
+    with pytest.raises(DamagedMetrics, match="line 3 is not valid JSON"):
+        read_metrics(path, torn_tail_ok=True)
+    with pytest.raises(DamagedMetrics, match="is missing"):
+        read_metrics(tmp_path / "nothing.jsonl")
+
+
+def test_a_run_that_diverged_is_not_continued(tmp_path):
+    cfg = tiny_config("optim.lr=1e30", "optim.warmup_steps=0")
+    with pytest.raises(TrainingDiverged):
+        make_trainer(cfg, tmp_path).fit()
+    with pytest.raises(ResumeMismatch, match="diverged .* start a new run with a lower optim.lr"):
+        make_trainer(cfg, tmp_path).fit(ckpt.load_resume_state(tmp_path))
 
 
 def test_metrics_rows_and_logger(tmp_path):

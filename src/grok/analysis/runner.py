@@ -161,7 +161,8 @@ def load_run(run_dir: Path) -> LoadedRun:
     task = build_task(split.task["op"], split.task["p"])
     _check_split_belongs(run_dir, split, checkpoints)
     metrics_path = run_dir / METRICS_FILE
-    metrics = read_metrics(metrics_path) if metrics_path.is_file() else []
+    # a run killed mid-write (kill -9) can leave its last row cut short: analyse the others
+    metrics = read_metrics(metrics_path, torn_tail_ok=True) if metrics_path.is_file() else []
     return LoadedRun(run_dir, task, split, checkpoints, metrics)
 
 

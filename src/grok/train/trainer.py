@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -28,6 +29,8 @@ from grok.tracking.base import Logger
 from grok.train import checkpoint as ckpt
 from grok.train.sampler import BatchSampler
 from grok.train.schedule import checkpoint_count, checkpoint_steps, eval_steps
+
+log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 # Rows per evaluation forward pass: small enough for the activations to stay in cache (an
@@ -174,6 +177,7 @@ class Trainer:
             # on at every call, it calls ATen's serial CPU kernel instead.
             self._deterministic = deterministic_algorithms
         self.step = 0
+        self.last_eval_step: int | None = None  # step of the last row in metrics.jsonl
         self.saved_step = -1  # step of the last resume state written by this process
         self._elapsed_before = 0.0
         self._clock = time.perf_counter()
@@ -196,17 +200,38 @@ class Trainer:
         self.step = int(state["step"])
         self._elapsed_before = float(state["elapsed_s"])
         self._clock = time.perf_counter()
-        self._truncate_metrics(self.step)
+        rows = self._truncate_metrics(self.step)
+        self._check_history(rows, state.get("last_eval_step"))
+        self.last_eval_step = rows[-1]["step"] if rows else None
 
-    def _truncate_metrics(self, last_step: int) -> None:
-        """Drop metric rows written after the resume state was saved; they will be redone."""
+    def _truncate_metrics(self, last_step: int) -> list[dict[str, float]]:
+        """Drop metric rows written after the resume state was saved (they will be redone) and
+        return the rest."""
         if not self.metrics_path.exists():
-            return
+            return []
         rows = [r for r in read_metrics(self.metrics_path, torn_tail_ok=True)
                 if r["step"] <= last_step]
         tmp = self.metrics_path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         os.replace(tmp, self.metrics_path)
+        return rows
+
+    def _check_history(self, rows: list[dict[str, float]], last_eval_step: int | None) -> None:
+        """Refuse to continue a run whose metrics.jsonl lost rows (deleted, cut short, replaced):
+        they cannot be redone, and t_grok would be detected on what is left. Also refuse to
+        continue a run that diverged: its saved weights are not finite."""
+        if last_eval_step is not None and (not rows or rows[-1]["step"] != last_eval_step):
+            found = f"ends at step {rows[-1]['step']}" if rows else "is missing or empty"
+            raise ResumeMismatch(
+                f"{self.metrics_path} {found}, but the run had evaluated step {last_eval_step} "
+                f"when its resume state was saved: its history is damaged and cannot be redone. "
+                "Restore the file from a copy, or start fresh in another directory "
+                "(hydra.run.dir=...)")
+        if rows and not math.isfinite(rows[-1]["train/loss"]):
+            raise ResumeMismatch(
+                f"{self.run_dir} diverged (training loss {rows[-1]['train/loss']} at step "
+                f"{rows[-1]['step']}), so it cannot continue: start a new run with a lower "
+                "optim.lr or a larger optim.warmup_steps")
 
     def save_resume_state(self) -> None:
         self.saved_step = self.step
@@ -217,6 +242,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "elapsed_s": self.elapsed,
+            "last_eval_step": self.last_eval_step,  # resume checks metrics.jsonl against it
             "identity": self.s.identity,
             **{k: v() if callable(v) else v for k, v in self.extra_state.items()},
         })
@@ -262,6 +288,7 @@ class Trainer:
     def _record(self, row: dict[str, float]) -> None:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        self.last_eval_step = row["step"]
         self.logger.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
         if not math.isfinite(row["train/loss"]):
             self.save_resume_state()
@@ -356,16 +383,27 @@ class _NullBar:
         pass
 
 
+class DamagedMetrics(GrokError):
+    """metrics.jsonl cannot be read."""
+
+
 def read_metrics(path: Path, torn_tail_ok: bool = False) -> list[dict[str, float]]:
     """All rows of a metrics.jsonl file, in order. With torn_tail_ok, a last line cut short by a
-    killed write is dropped instead of raising."""
-    with open(path) as f:
-        lines = [line for line in f if line.strip()]
+    killed write is dropped (with a warning) instead of raising."""
+    try:
+        with open(path) as f:
+            lines = [line for line in f if line.strip()]
+    except FileNotFoundError:
+        raise DamagedMetrics(f"{path} is missing; restore it from a copy of the run directory "
+                             "(the evaluation history cannot be recomputed)") from None
     rows = []
     for i, line in enumerate(lines):
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             if not (torn_tail_ok and i == len(lines) - 1):
-                raise
+                raise DamagedMetrics(f"{path} line {i + 1} is not valid JSON: the file is "
+                                     "damaged; restore it from a copy of the run directory"
+                                     ) from None
+            log.warning("%s: its last line is cut short (a write was killed); ignoring it", path)
     return rows
