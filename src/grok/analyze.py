@@ -20,7 +20,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from grok import naming
+from grok import commands, naming
 from grok.analysis.runner import (
     LoadedRun,
     analyse_loaded,
@@ -114,8 +114,8 @@ def warn_if_incomplete(run: LoadedRun, trained: Config | None) -> None:
     if reached < trained.steps:
         logging.getLogger("grok.analyze").warning(
             "the run stopped at step %d of %d; this analyses the part it trained (resume it with "
-            "python -m grok.main hydra.run.dir=%s and its overrides to finish it)", reached,
-            trained.steps, run.run_dir)
+            "python -m grok.main %s and its overrides to finish it)", reached,
+            trained.steps, commands.override("hydra.run.dir", run.run_dir))
 
 
 def recorded_config(run_dir: Path) -> Config | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from grok import naming
+from grok import commands, naming
 from grok.config import Config, config_dict
 from grok.data.splits import Split, SplitError, load_split, make_split, save_split
 from grok.data.tasks import Task, build_task
@@ -53,8 +53,8 @@ def build_run(cfg: Config, run_dir: Path, device: torch.device,
         if resume["step"] > cfg.steps:
             raise ResumeMismatch(
                 f"{run_dir} is already at step {resume['step']}, past steps={cfg.steps}: rerun "
-                f"with steps={resume['step']} or more to finish or extend it (python -m "
-                f"grok.analyze run_dir={run_dir} analyses it as it is)")
+                f"with steps={resume['step']} or more to finish or extend it "
+                f"({commands.analyze(run_dir)} analyses it as it is)")
         warn_if_threads_differ(resume.get("torch_threads"))
     torch.manual_seed(cfg.seed)  # the model's initial weights are the only global-RNG draw
     model = build_model(model_config(cfg, task)).to(device)
@@ -86,10 +86,10 @@ def check_run_or_batch(run_dir: Path, seeds: list[int]) -> None:
             f"{run_dir} holds a single run, not a seed batch: train seeds={list(seeds)} in "
             "another directory (hydra.run.dir=...)")
     if not seeds and batch:
+        alone = commands.override("hydra.run.dir", run_dir / batch[0])
         raise ResumeMismatch(
             f"{run_dir} holds a seed batch ({', '.join(batch)}): continue it with seeds=[...], "
-            f"one of its seeds alone with hydra.run.dir={run_dir / batch[0]}, or start this run "
-            "in another directory")
+            f"one of its seeds alone with {alone}, or start this run in another directory")
 
 
 def report_start(cfg: Config, settings: TrainSettings, n_train: int, resume: dict | None) -> None:

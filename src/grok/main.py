@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from grok import naming, plots
+from grok import commands, naming, plots
 from grok.analysis.runner import analysis_lines, run_analysis, settings_from_config
 from grok.assemble import RunParts, build_run, check_run_or_batch
 from grok.config import Config, register_configs, to_config
@@ -171,7 +171,7 @@ def main(dcfg: DictConfig) -> None:
     except StoppedAfterTraining:
         _hydra_record(run_dir, keep=True)
         print(f"stopped by {stop.signal_name} during the analysis; training is finished and "
-              f"saved. To redo the analysis: python -m grok.analyze run_dir={run_dir}",
+              f"saved. To redo the analysis: {commands.analyze(run_dir)}",
               file=sys.stderr, flush=True)
         stop.hand_over()  # under submitit: the requeued job redoes the summary and analysis
         raise SystemExit(128 + (stop.signum or 0)) from None
@@ -192,11 +192,12 @@ def _continue_hint(run_dir: Path, stop: GracefulStop) -> str:
         return "submitit takes over: it requeues the job, which resumes here"
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:
-        return (f"To continue: run the same sweep again with hydra.sweep.dir={hc.sweep.dir}; "
-                "finished jobs only redo their summary")
+        return ("To continue: run the same sweep again with "
+                f"{commands.override('hydra.sweep.dir', hc.sweep.dir)}; finished jobs only redo "
+                "their summary")
     args = [o for o in hc.overrides.task if not o.startswith("hydra.run.dir=")]
-    return "To continue: " + shlex.join(["python", "-m", "grok.main", *args,
-                                         f"hydra.run.dir={run_dir}"])
+    return ("To continue: " + shlex.join(["python", "-m", "grok.main", *args]) + " "
+            + commands.override("hydra.run.dir", run_dir))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from grok import commands
 from grok.analysis.grokking import REPORT_FILE
 from grok.analysis.settings import AnalysisError
 
@@ -38,7 +39,7 @@ class RunEntry:
 def load_report(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / REPORT_FILE
     if not path.is_file():
-        raise AnalysisError(f"{path} not found; run `python -m grok.analyze run_dir={run_dir}` "
+        raise AnalysisError(f"{path} not found; run `{commands.analyze(run_dir)}` "
                             "first (or let grok.compare do it: analyze_missing=true)")
     return json.loads(path.read_text())
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import yaml
 
+from grok import commands
 from grok.analysis.grokking import REPORT_FILE, grokking_suite
 from grok.analysis.grokking import summary_line as grokking_line
 from grok.analysis.settings import AnalysisError, AnalysisSettings
@@ -132,8 +133,8 @@ def warn_about_earlier_outputs(run: LoadedRun, done: set[str]) -> None:
             continue  # not ours to judge
         if covered < last:
             log.warning("%s covers checkpoints up to step %d only, from an earlier analysis; the "
-                        "run has checkpoints to step %d now (python -m grok.analyze run_dir=%s "
-                        "analysis=%s updates it)", summary, covered, last, run.run_dir, name)
+                        "run has checkpoints to step %d now (%s updates it)", summary, covered,
+                        last, commands.analyze(run.run_dir, f"analysis={name}"))
 
 
 def load_run(run_dir: Path) -> LoadedRun:
@@ -147,8 +148,8 @@ def load_run(run_dir: Path) -> LoadedRun:
         if inside:
             kind = "a seed batch" if inside[0].name.startswith("seed_") else "a sweep"
             raise AnalysisError(f"{run_dir} is {kind}, not one run: analyse one of its runs, "
-                                f"e.g. run_dir={inside[0]} (grok.compare sweep={run_dir} "
-                                "compares them all)")
+                                f"e.g. {commands.override('run_dir', inside[0])} (grok.compare "
+                                f"{commands.override('sweep', run_dir)} compares them all)")
         raise AnalysisError(f"{run_dir} is not a run directory (no split.pt, no checkpoints/); "
                             "pass the folder of a training run, e.g. "
                             "run_dir=outputs/runs/<date>/<time>")

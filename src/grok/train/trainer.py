@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from grok import commands
 from grok.data.splits import Split
 from grok.data.tasks import Task
 from grok.device import use_compile
@@ -89,7 +90,7 @@ def check_identity(saved: dict[str, Any], wanted: dict[str, Any], run_dir: Path)
         raise ResumeMismatch(
             f"{run_dir} holds a run with {key}={had!r}, but this command has {key}={has!r}; "
             "repeat the original overrides to resume it, or start fresh elsewhere with "
-            f"hydra.run.dir={run_dir}-{digest.hexdigest()[:6]}")
+            f"{commands.elsewhere(run_dir, digest.hexdigest()[:6])}")
 
 
 @dataclass
