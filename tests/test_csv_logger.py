@@ -45,6 +45,16 @@ def test_a_row_torn_by_a_crash_is_dropped_when_the_next_job_opens_the_file(tmp_p
     assert rows(tmp_path) == [["step", "key", "value"], ["10", "train/loss", "2.0"]]
 
 
+def test_a_damaged_summary_is_replaced_with_a_warning(tmp_path, caplog):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "summary.json").write_text('{"final/step": 2')
+    logger = CsvLogger(tmp_path)
+    logger.summary({"final/step": 40})
+    logger.close()
+    assert json.loads((tmp_path / "logs" / "summary.json").read_text()) == {"final/step": 40}
+    assert "summary.json is damaged" in caplog.text
+
+
 def test_analysing_a_csv_run_twice_keeps_the_training_summary_and_adds_no_rows(tmp_path):
     run(tiny_config("logger=csv", "analysis=none"), tmp_path, logger=CsvLogger(tmp_path))
     trained = json.loads((tmp_path / "logs" / "summary.json").read_text())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ from grok.config import (
 )
 from grok.device import resolve_device
 from grok.errors import GrokError
+from grok.files import check_writable
 from grok.tracking import Logger, build_logger
 
 
@@ -85,6 +87,9 @@ def analyze(cfg: AnalyzeConfig, logger: Logger | None = None) -> dict:
         print("analysis=none: nothing to analyse; choose analysis=grokking", flush=True)
         return {}
     run = load_run(run_dir)  # every check on the run directory before a logger writes into it
+    check_writable([run_dir, run_dir / "analysis", run_dir / "plots", run_dir / "wandb"],
+                   f"the analysis writes into the run directory: copy it somewhere writable "
+                   f"(cp -r {shlex.quote(str(run_dir))} COPY) and analyse the copy")
     trained = recorded_config(run_dir)
     warn_if_incomplete(run, trained)
     last = run.checkpoints[-1][0]

@@ -3,12 +3,15 @@ old file or the complete new one."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+from grok.errors import GrokError
 
 
 def temp_file_beside(path: Path) -> tuple[int, str]:
@@ -44,3 +47,26 @@ def remove_if_unused(folder: Path, also: tuple[str, ...] = ()) -> None:
     if folder.is_dir() and all(p.name in (".hydra", *also) or p.suffix == ".log"
                                for p in folder.iterdir()):
         shutil.rmtree(folder)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether exc, or an exception it was raised from or during, is "no space left on device"
+    (torch.save reports it as a RuntimeError raised while handling the OSError)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def check_writable(folders: list[Path], fix: str) -> None:
+    """Refuse, before any work, to write into folders that exist but cannot be written."""
+    for folder in folders:
+        if folder.exists() and not os.access(folder, os.W_OK):
+            raise ReadOnly(f"cannot write into {folder} (read-only); {fix}")
+
+
+class ReadOnly(GrokError):
+    """An output folder cannot be written."""

@@ -25,7 +25,7 @@ from grok.assemble import RunParts, build_run, check_run_or_batch
 from grok.config import Config, register_configs, to_config
 from grok.device import resolve_device
 from grok.errors import GrokError
-from grok.files import remove_if_unused
+from grok.files import disk_full, remove_if_unused
 from grok.tracking import Logger
 from grok.train import checkpoint as ckpt
 from grok.train.multiseed import SeedBatch
@@ -181,6 +181,13 @@ def main(dcfg: DictConfig) -> None:
         if not isinstance(exc, ckpt.RunDirBusy):  # a busy directory belongs to the lock's holder,
             remove_if_unused(run_dir, also=(ckpt.LOCK_FILE,))  # which may not have written yet
         print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except (OSError, RuntimeError) as exc:
+        if not disk_full(exc):
+            raise
+        # every file is written atomically, so what is on disk is whole: the run can resume
+        print(f"error: no space left on the device of {run_dir}; free some space and rerun the "
+              "same command to continue from the last resume state", file=sys.stderr)
         raise SystemExit(1) from None
 
 

@@ -183,7 +183,8 @@ def load_split(path: Path, task: Task | None = None) -> Split:
     try:
         data = torch.load(path, weights_only=True)
     except Exception as exc:  # a truncated or foreign file
-        raise SplitError(f"cannot read {path}: {exc}") from exc
+        raise SplitError(f"cannot read {path} ({exc}): the file is damaged; restore it from a "
+                         "copy of the run directory") from exc
     split = Split(
         name=data["name"],
         params=dict(data["params"]),

@@ -14,12 +14,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from grok.files import atomic_write
 
 HEADER = ["step", "key", "value"]
+
+log = logging.getLogger(__name__)
 
 
 def read_rows(path: Path) -> dict[tuple[str, str], str]:
@@ -31,6 +34,21 @@ def read_rows(path: Path) -> dict[tuple[str, str], str]:
             if len(row) == 3 and row != HEADER:
                 rows[(row[0], row[1])] = row[2]
     return rows
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """The saved summary values to merge with; a damaged file (it is rewritten whole by each
+    job, so only by hand or a disk error) is replaced, with a warning, by this job's values."""
+    if not path.is_file():
+        return {}
+    try:
+        values = json.loads(path.read_text())
+    except ValueError:
+        values = None
+    if not isinstance(values, dict):
+        log.warning("%s is damaged; rewriting it with this job's summary values only", path)
+        return {}
+    return values
 
 
 def csv_text(rows: dict[tuple[str, str], str]) -> str:
@@ -48,8 +66,7 @@ class CsvLogger:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.path = self.folder / "metrics.csv"
         self.summary_path = self.folder / "summary.json"
-        self._summary: dict[str, Any] = (json.loads(self.summary_path.read_text())
-                                         if self.summary_path.is_file() else {})
+        self._summary = read_summary(self.summary_path)
         self._deduplicate()
         self._file = open(self.path, "a", newline="")
         self._writer = csv.writer(self._file)
