@@ -3,6 +3,7 @@
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,6 +150,18 @@ def two_runs(tiny_runs, tmp_path):
         shutil.copytree(run_dir, tmp_path / name, ignore=shutil.ignore_patterns("analysis"))
         dirs.append(tmp_path / name)
     return dirs
+
+
+def test_the_same_seed_twice_in_one_variant_is_warned_about(caplog):
+    report = {"checkpoint_steps": [0, 10]}
+    entries = [RunEntry(Path("sweep/0"), "v", 0, report), RunEntry(Path("batch/seed_0"), "v", 0,
+                                                                  report),
+               RunEntry(Path("sweep/1"), "v", 1, report), RunEntry(Path("other/0"), "w", 0,
+                                                                   report)]
+    with caplog.at_level("WARNING", logger="grok.compare"):
+        compare_module.warn_about_repeated_seeds(entries)
+    assert caplog.messages == ["the runs labelled v include seed 0 twice (sweep/0 and "
+                               "batch/seed_0): each counts as a seed in its mean and std"]
 
 
 def test_compare_two_tiny_runs(two_runs, tmp_path):

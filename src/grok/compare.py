@@ -136,6 +136,7 @@ def compare_runs(cfg: CompareConfig, out_dir: Path, logger: Logger | None = None
     for e in entries:
         groups.setdefault(e.label, []).append(e.report)
     warn_about_lengths(groups)
+    warn_about_repeated_seeds(entries)
     figures = plots.compare_figures(groups, out_dir, cfg.xscale)
     print(format_table(result))
     print(f"wrote {', '.join(str(p) for p in [*paths.values(), *figures.values()])}", flush=True)
@@ -158,6 +159,20 @@ def warn_about_lengths(groups: dict[str, list[dict]]) -> None:
             logging.getLogger("grok.compare").warning(
                 "the runs labelled %s end at different steps (%s): its mean curves stop at step "
                 "%d, where the shortest ends", label, ", ".join(map(str, ends)), ends[0])
+
+
+def warn_about_repeated_seeds(entries: list[RunEntry]) -> None:
+    """Runs of one label with the same seed (say a run and its copy, or the same seed in a sweep
+    and in a seed batch) are aggregated as separate seeds: they shrink its std."""
+    seen: dict[tuple[str, int], Path] = {}
+    for e in entries:
+        if e.seed is None:
+            continue
+        first = seen.setdefault((e.label, e.seed), e.run_dir)
+        if first != e.run_dir:
+            logging.getLogger("grok.compare").warning(
+                "the runs labelled %s include seed %d twice (%s and %s): each counts as a seed "
+                "in its mean and std", e.label, e.seed, first, e.run_dir)
 
 
 def log_comparison(result: dict[str, Any], figures: dict[str, Path], logger: Logger) -> None:
