@@ -8,8 +8,15 @@ def test_every_subpackage_is_listed_in_pyproject():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
         "packages"])
     on_disk = {".".join(init.parent.relative_to(ROOT / "src").parts)
-               for init in (ROOT / "src" / "grok").rglob("__init__.py")}
+               for init in (ROOT / "src").rglob("__init__.py")}
     assert listed == on_disk | {"grok.conf"}
+    assert "hydra_plugins.grok_sweeper" in listed
+
+
+def test_hydra_plugins_stays_a_namespace_package():
+    """An __init__.py in src/hydra_plugins would hide the installed launcher plugins (joblib,
+    submitit), which live in the same namespace."""
+    assert not (ROOT / "src" / "hydra_plugins" / "__init__.py").exists()
 
 
 def test_torch_is_capped_below_2_14():

@@ -143,9 +143,13 @@ warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigSto
 
 def register_configs() -> None:
     """Register the schema (config.yaml lists it first, so every group file merged into its typed
-    fields is checked against the matching dataclass: types and unknown keys) and the presets'
+    fields is checked against the matching dataclass: types and unknown keys), the sweeper that
+    checks every job of a sweep before starting one (hydra/sweeper=grok) and the presets'
     run-folder resolver."""
+    import hydra_plugins.grok_sweeper
+
     ConfigStore.instance().store(name="base_config", node=Config)
+    hydra_plugins.grok_sweeper.register()
     if not OmegaConf.has_resolver("grok.seed_folder"):
         OmegaConf.register_new_resolver(
             "grok.seed_folder", lambda seed, seeds: seed_folder(seed, list(seeds or [])))
