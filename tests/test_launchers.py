@@ -2,7 +2,9 @@
 the seeds x splits preset end to end, interrupted and rerun until complete."""
 
 import os
+import re
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import torch
 
 from grok.main import run
 from grok.tracking import NullLogger
+from grok.train import checkpoint as ckpt
 from tests import faults
 from tests.conftest import compose_config, run_cli
 from tests.wandb_records import offline_runs, read_records, run_record
@@ -99,6 +102,79 @@ def test_joblib_sweep_runs_jobs_in_parallel_with_one_thread_each(tmp_path):
         assert meta["config"]["update"]["seed"] == seed
         # joblib gives each of the 2 workers cores // 2 threads
         assert derived["torch_threads"] == max(1, (os.cpu_count() or 1) // 2)
+
+
+def processes_of(pgid: int) -> set[int]:
+    """PIDs in process group `pgid` and their children (a W&B service starts its own session)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = (int(fields[1]), int(fields[2]))  # ppid, pgid
+    group = {pid for pid, (_, g) in parents.items() if g == pgid}
+    return group | {pid for pid, (ppid, _) in parents.items() if ppid in group}
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("to_group", [True, False], ids=["group", "parent"])
+def test_sigterm_stops_a_joblib_sweep_and_leaves_no_process(tmp_path, to_group):
+    """SIGTERM to the process group (`kill -TERM -<pgid>`) or to the parent alone (a scheduler,
+    `kill <pid>`): the running jobs save their resume state, the queued one does not start, the
+    parent exits with 143 and one line, no worker (nor its W&B service) is left behind, and the
+    same command finishes the sweep."""
+    sweep = tmp_path / "sweep"
+    command = ("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2",
+               "task.p=11", "steps=600", "train.eval_every=10", "train.checkpoints=10",
+               "train.resume_every=500", "device=cpu", f"hydra.sweep.dir={sweep}")
+    proc = faults.start(*command, cwd=tmp_path)
+    started: set[int] = set()
+    try:
+        jobs = [sweep / "0", sweep / "1"]
+        assert faults.wait_until(lambda: all(max(faults.metrics_steps(j), default=0) >= 20
+                                             for j in jobs), proc, timeout=600)
+        started = processes_of(proc.pid)
+        assert len(started) >= 5, started  # parent, 2 workers, 2 W&B services (+ trackers)
+        if to_group:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 143, faults.output(proc)
+        deadline = time.monotonic() + 10
+        while (survivors := {p for p in started | processes_of(proc.pid) if alive(p)}) \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not survivors, faults.output(proc)
+    finally:  # a failed test leaves nothing behind either
+        for pid in started | processes_of(proc.pid):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    out = faults.output(proc)
+    last = out.strip().splitlines()[-1]
+    assert re.fullmatch(r"sweep stopped by SIGTERM: 2 running job\(s\) saved their resume "
+                        r"state, 0 finished, 1 not started\. To continue: run the same sweep "
+                        rf"again with hydra.sweep.dir={re.escape(str(sweep))}", last), out
+    assert out.count("stopped by SIGTERM after step") == 2
+    steps = [ckpt.load_resume_state(j)["step"] for j in jobs]
+    assert all(20 <= s < 600 for s in steps), steps
+    assert not (sweep / "2").exists()  # the queued job did not start
+
+    out = faults.finish(faults.start(*command, cwd=tmp_path), timeout=600)
+    assert sorted(re.findall(r"resuming at step (\d+)", out)) == sorted(str(s) for s in steps)
+    assert out.count("done: train acc") == 3
+    for seed in range(3):
+        assert faults.read_rows(sweep / str(seed))[-1]["step"] == 600
 
 
 @pytest.mark.slow

@@ -124,3 +124,37 @@ def test_a_signal_during_the_last_step_stops_before_the_analysis(tmp_path, monke
         run(tiny_config(*CFG), tmp_path, logger=SignalAt(signal.SIGTERM, 40), stop=stop)
     assert stopped.value.signum == signal.SIGTERM and not analysed
     assert ckpt.load_resume_state(tmp_path)["step"] == 40
+
+
+def test_a_repeated_sigterm_after_the_analysis_stopped_is_ignored():
+    """A joblib sweep's parent passes on a SIGTERM that may have reached the whole process group:
+    the repeat must not interrupt the cleanup of a run the first one stopped. Ctrl-C still does."""
+    from grok.train.preemption import StoppedAfterTraining
+
+    with GracefulStop() as stop:
+        stop.finish_training()
+        with pytest.raises(StoppedAfterTraining):
+            os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # ignored
+        with pytest.raises(StoppedAfterTraining):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_worker_notes_sigterm_between_runs_and_its_next_run_stops_at_once(monkeypatch):
+    """grok.launcher: in a joblib worker, a SIGTERM outside a run is noted instead of killing
+    the process, and a run that was starting takes it over (it stops at its first step)."""
+    from grok.train import preemption
+
+    monkeypatch.setattr(preemption, "_noted", None)
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        preemption.note_stop_signals()
+        assert preemption.noted_signal() is None
+        with GracefulStop() as stop:
+            assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)  # between runs: noted, and we are still here
+        assert preemption.noted_signal() == signal.SIGTERM
+        with GracefulStop() as stop:
+            assert stop.requested and stop.signal_name == "SIGTERM"
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+import hydra_plugins.grok_joblib_launcher
 from grok import commands, naming, plots
 from grok.analysis.runner import analysis_lines, run_analysis, settings_from_config
 from grok.assemble import RunParts, build_run, check_run_or_batch
@@ -34,6 +35,7 @@ from grok.train.summary import summarize, summary_line
 from grok.train.trainer import ResumeMismatch, TrainingStopped
 
 register_configs()
+hydra_plugins.grok_joblib_launcher.register()  # conf/hydra/launcher/joblib.yaml names it
 
 
 def run(cfg: Config, run_dir: Path, logger: Logger | None = None,

@@ -11,6 +11,10 @@ SLURM sends SIGUSR2 `signal_delay_s` seconds before a submitit job's time limit 
 when the cluster enables preempt_send_user_signal), SIGTERM when it cancels or preempts a job; a
 terminal sends SIGINT on Ctrl-C. Signal handlers can only be installed from the main thread;
 elsewhere (a threaded launcher) GracefulStop is inactive and says so.
+
+A joblib sweep's worker runs one job after another (grok.launcher): note_stop_signals() makes it
+note a SIGTERM that arrives between its runs instead of dying of it; the runs it would start
+after one do not start, and one that is starting stops at its first step boundary.
 """
 
 from __future__ import annotations
@@ -25,6 +29,27 @@ from typing import Any
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
 log = logging.getLogger(__name__)
+
+_noted: int | None = None  # a stop signal this process received outside a GracefulStop
+
+
+def note_stop_signals(received: int | None = None) -> None:
+    """From now on, SIGTERM outside a GracefulStop is noted (noted_signal()) instead of killing
+    this process; note `received` too. For a joblib worker (grok.launcher)."""
+    global _noted
+    if _noted is None:
+        _noted = received
+    signal.signal(signal.SIGTERM, _note)
+
+
+def _note(signum: int, frame: FrameType | None) -> None:
+    global _noted
+    if _noted is None:
+        _noted = signum
+
+
+def noted_signal() -> int | None:
+    return _noted
 
 
 class StoppedAfterTraining(BaseException):
@@ -66,6 +91,8 @@ class GracefulStop:
         for sig in self.signals:
             self.previous[sig] = signal.signal(sig, self._handle)
         self.active = True
+        if _noted is not None and self.signum is None:
+            self.signum = _noted  # it came while the run was starting: stop at the first step
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -84,6 +111,10 @@ class GracefulStop:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.training_done:
+            if self.signum is not None and signum != signal.SIGINT:
+                # already stopping: a repeat (a joblib sweep's parent passes on a SIGTERM that
+                # may have reached the whole process group) must not interrupt the cleanup
+                return
             self.signum = signum
             raise StoppedAfterTraining(signum)
         if self.signum is not None and signum == signal.SIGINT:

@@ -1,0 +1,153 @@
+"""`hydra/launcher=joblib`: Hydra's joblib launcher, made stoppable by SIGTERM (the launcher class
+is hydra_plugins.grok_joblib_launcher.joblib_launcher.JoblibLauncher: Hydra takes plugins only
+from the hydra_plugins package).
+
+The plugin runs each job in a loky worker process and leaves signals alone. Its parent process
+then died at once on SIGTERM (the default action) while the workers, which save their run on the
+signal (GracefulStop), stayed behind with nobody to collect them: loky shuts idle workers down
+only after 300 s, and their W&B services and loky's resource trackers stayed with them. And
+joblib reacts to the first job that raises (as a stopped job does, SystemExit(143)) by SIGKILLing
+every other worker, possibly in the middle of its save.
+
+Here the parent catches SIGTERM (to the whole process group, as `kill -TERM -<pgid>`, or to the
+parent alone, as from a scheduler), passes it on to every worker and waits: each running job
+saves its resume state and returns (instead of raising); a job that had not started does not
+start. Then the parent prints one line and exits with 128 + the signal, its exit handler (loky's)
+shuts the idle workers down, their W&B services end with them, and the same sweep command
+resumes. Ctrl-C (SIGINT) keeps joblib's own handling.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
+from hydra_plugins.hydra_joblib_launcher import _core
+from joblib import Parallel, delayed
+from joblib.externals.loky.backend.process import LokyProcess
+
+from grok.train import preemption
+
+if TYPE_CHECKING:
+    from hydra_plugins.grok_joblib_launcher.joblib_launcher import JoblibLauncher
+
+STOP_CODES = {128 + int(s): s for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)}
+
+
+@dataclass
+class _Stopped:
+    """What a worker returns instead of raising for a job stopped by a signal (or not started
+    after one): joblib would answer a raised SystemExit by killing every other worker."""
+    signum: int
+    started: bool
+
+
+def _execute_job(idx: int, *args: Any) -> tuple[int, JobReturn | _Stopped]:
+    """(idx, the plugin's execute_job(*args)), in a worker; the job is not started once a stop
+    signal reached this worker, and one stopped by a signal (main() saved it and raised
+    SystemExit(128 + signal)) returns _Stopped."""
+    if preemption.noted_signal() is not None:
+        return idx, _Stopped(preemption.noted_signal(), started=False)
+    try:
+        return idx, _core.execute_job(*args)
+    except SystemExit as exc:
+        signum = STOP_CODES.get(exc.code) if isinstance(exc.code, int) else None
+        if signum is None:
+            raise
+        preemption.note_stop_signals(received=signum)  # later jobs here do not start
+        return idx, _Stopped(signum, started=True)
+
+
+def launch(launcher: JoblibLauncher, job_overrides: Sequence[Sequence[str]],
+           initial_job_idx: int) -> Sequence[JobReturn]:
+    """hydra_joblib_launcher._core.launch, with _execute_job in the workers and _SweepStop."""
+    setup_globals()
+    assert launcher.config is not None and launcher.task_function is not None
+    assert launcher.hydra_context is not None
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    joblib_cfg = launcher.joblib
+    joblib_cfg["backend"] = "loky"  # as the plugin: threads are incompatible with Hydra
+    _core.process_joblib_cfg(joblib_cfg)
+    _core.log.info("Joblib.Parallel({}) is launching {} jobs".format(
+        ",".join(f"{k}={v}" for k, v in joblib_cfg.items()), len(job_overrides)))
+    _core.log.info(f"Launching jobs, sweep output dir : {sweep_dir}")
+    for idx, overrides in enumerate(job_overrides):
+        _core.log.info("\t#{} : {}".format(idx, " ".join(filter_overrides(overrides))))
+    singleton_state = Singleton.get_state()
+
+    stop = _SweepStop()
+    results: dict[int, JobReturn | _Stopped] = {}
+    # initializer: a worker notes SIGTERM between jobs (by default it dies of it, and joblib
+    # answers a dead worker by killing all the others). Unordered results: a job stopped by a
+    # signal to its worker alone stops the others at once, not after the jobs listed before it.
+    stop.install()
+    try:
+        outputs = Parallel(**joblib_cfg, return_as="generator_unordered",
+                           initializer=preemption.note_stop_signals)(
+            delayed(_execute_job)(idx, initial_job_idx + idx, overrides, launcher.hydra_context,
+                                  launcher.config, launcher.task_function, singleton_state)
+            for idx, overrides in enumerate(job_overrides))
+        for idx, result in outputs:
+            results[idx] = result
+            if isinstance(result, _Stopped):
+                stop.stop_workers(result.signum)
+    finally:
+        if stop.signum is None:
+            stop.uninstall()
+        # else the handler stays: a repeated SIGTERM must not kill this process before loky's
+        # exit handler has shut the (now idle) workers down, or they would be orphaned again
+    stopped = [r for r in results.values() if isinstance(r, _Stopped)]
+    if not stopped:  # every job finished (a signal may have come after the last one)
+        return [results[i] for i in range(len(job_overrides))]  # type: ignore[misc]
+    saved = sum(r.started for r in stopped)
+    finished = len(results) - len(stopped)
+    signum = stop.signum or stopped[0].signum
+    print(f"sweep stopped by {signal.Signals(signum).name}: {saved} running job(s) saved their "
+          f"resume state, {finished} finished, {len(job_overrides) - finished - saved} not "
+          f"started. To continue: run the same sweep again with hydra.sweep.dir={sweep_dir}",
+          file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum)
+
+
+class _SweepStop:
+    """In the sweep's parent: SIGTERM is passed on to every worker (where GracefulStop saves the
+    running job and _execute_job skips the queued ones) instead of killing this process."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.previous: Any = None
+
+    def install(self) -> None:
+        self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def uninstall(self) -> None:
+        signal.signal(signal.SIGTERM, self.previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is None:
+            print(f"{signal.Signals(signum).name} received: the running jobs save their resume "
+                  "state and stop, the others do not start", file=sys.stderr, flush=True)
+        self.stop_workers(signum)
+
+    def stop_workers(self, signum: int) -> None:
+        """Send SIGTERM to every worker: after a signal to the whole group, again (a worker takes
+        a repeated SIGTERM as one, see GracefulStop); SIGTERM also when a job was stopped by
+        another signal sent to its worker alone (a second SIGINT would stop a job at once)."""
+        if self.signum is None:
+            self.signum = signum
+        for proc in multiprocessing.active_children():
+            if isinstance(proc, LokyProcess) and proc.pid is not None:
+                try:
+                    os.kill(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
