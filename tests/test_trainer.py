@@ -99,9 +99,11 @@ def test_resume_refuses_a_metrics_file_that_lost_rows(tmp_path, damage):
         path.write_text("".join(lines[:-1]) + lines[-1][:20])
     else:
         path.write_text("".join(lines[:2]))
+    damaged = path.read_text() if path.exists() else None
     with pytest.raises(ResumeMismatch, match="had evaluated step 20 when its resume state was "
                                              "saved: its history is damaged"):
         make_trainer(cfg, tmp_path).fit(ckpt.load_resume_state(tmp_path))
+    assert (path.read_text() if path.exists() else None) == damaged  # left as it was
 
 
 def test_a_garbled_metrics_line_is_a_one_line_error(tmp_path):

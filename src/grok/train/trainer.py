@@ -201,21 +201,19 @@ class Trainer:
         self.step = int(state["step"])
         self._elapsed_before = float(state["elapsed_s"])
         self._clock = time.perf_counter()
-        rows = self._truncate_metrics(self.step)
-        self._check_history(rows, state.get("last_eval_step"))
+        rows = ([r for r in read_metrics(self.metrics_path, torn_tail_ok=True)
+                 if r["step"] <= self.step] if self.metrics_path.exists() else [])
+        self._check_history(rows, state.get("last_eval_step"))  # before the file is touched
+        self._truncate_metrics(rows)
         self.last_eval_step = rows[-1]["step"] if rows else None
 
-    def _truncate_metrics(self, last_step: int) -> list[dict[str, float]]:
-        """Drop metric rows written after the resume state was saved (they will be redone) and
-        return the rest."""
+    def _truncate_metrics(self, rows: list[dict[str, float]]) -> None:
+        """Keep only `rows`: those written after the resume state was saved are redone."""
         if not self.metrics_path.exists():
-            return []
-        rows = [r for r in read_metrics(self.metrics_path, torn_tail_ok=True)
-                if r["step"] <= last_step]
+            return
         tmp = self.metrics_path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         os.replace(tmp, self.metrics_path)
-        return rows
 
     def _check_history(self, rows: list[dict[str, float]], last_eval_step: int | None) -> None:
         """Refuse to continue a run whose metrics.jsonl lost rows (deleted, cut short, replaced):
