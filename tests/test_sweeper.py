@@ -69,3 +69,13 @@ def test_a_bad_value_for_every_job_of_a_preset_sweep_names_each_job(tmp_path):
     assert len(lines) == 9 and all(" split.train_frac=1.5 is invalid: " in line for line in lines)
     assert [line.split(" (")[0] for line in lines] == [f"error: job #{n}" for n in range(9)]
     assert not sweep_dir.exists()
+
+
+def test_a_job_resolves_hydra_interpolations_against_its_own_job(tmp_path):
+    """${hydra:job.num} is a legal value in a sweep: the check must resolve it as the job
+    will, not refuse it for want of a HydraConfig."""
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli("-m", "seed=${hydra:job.num}", "task.p=7,11", "steps=5", "logger=none",
+                     "analysis=none", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert all((sweep_dir / job / "metrics.jsonl").is_file() for job in ("0", "1"))

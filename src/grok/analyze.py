@@ -87,7 +87,7 @@ def analyze(cfg: AnalyzeConfig, logger: Logger | None = None) -> dict:
         print("analysis=none: nothing to analyse; choose analysis=grokking", flush=True)
         return {}
     run = load_run(run_dir)  # every check on the run directory before a logger writes into it
-    check_writable([run_dir, run_dir / "analysis", run_dir / "plots", run_dir / "wandb"],
+    check_writable([run_dir, *(run_dir / d for d in ("analysis", "plots", "wandb", "logs"))],
                    f"the analysis writes into the run directory: copy it somewhere writable "
                    f"(cp -r {shlex.quote(str(run_dir))} COPY) and analyse the copy")
     trained = recorded_config(run_dir)

@@ -34,6 +34,7 @@ from hydra_plugins.hydra_joblib_launcher import _core
 from joblib import Parallel, delayed
 from joblib.externals.loky.backend.process import LokyProcess
 
+from grok import commands
 from grok.train import preemption
 
 if TYPE_CHECKING:
@@ -114,7 +115,8 @@ def launch(launcher: JoblibLauncher, job_overrides: Sequence[Sequence[str]],
     signum = stop.signum or stopped[0].signum
     print(f"sweep stopped by {signal.Signals(signum).name}: {saved} running job(s) saved their "
           f"resume state, {finished} finished, {len(job_overrides) - finished - saved} not "
-          f"started. To continue: run the same sweep again with hydra.sweep.dir={sweep_dir}",
+          "started. To continue: run the same sweep again with "
+          f"{commands.override('hydra.sweep.dir', sweep_dir)}",
           file=sys.stderr, flush=True)
     raise SystemExit(128 + signum)
 

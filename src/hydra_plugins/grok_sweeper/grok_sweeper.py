@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import filter_overrides
 from hydra.errors import HydraException
@@ -39,29 +40,41 @@ class GrokSweeper(BasicSweeper):
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         jobs = [job for batch in self.split_arguments(overrides, self.max_batch_size)
                 for job in batch]
-        errors = [f"error: job #{num} ({' '.join(filter_overrides(job))}): {problem}"
-                  for num, job in enumerate(jobs) if (problem := self.job_problem(job))]
+        try:
+            errors = [f"error: job #{num} ({' '.join(filter_overrides(job))}): {problem}"
+                      for num, job in enumerate(jobs) if (problem := self.job_problem(num, job))]
+        except KeyboardInterrupt:  # Ctrl-C while a long sweep is being checked: nothing started
+            raise SystemExit(130) from None
         if errors:
             print("\n".join(errors), file=sys.stderr, flush=True)
             raise SystemExit(1)
         return super().sweep(arguments)
 
-    def job_problem(self, job: Sequence[str]) -> str | None:
-        """What is wrong with the config of the job with these overrides (one line), or None."""
+    def job_problem(self, num: int, job: Sequence[str]) -> str | None:
+        """What is wrong with the config of job `num` with these overrides (one line), or None."""
         # imported here: Hydra imports every plugin module at startup, in every grok command
         from grok.config import to_config
         from grok.errors import GrokError
 
         assert self.hydra_context is not None and self.config is not None
+        hydra_config = HydraConfig.instance()
+        sweep_level = hydra_config.cfg
         try:
-            # what the launcher composes (BasicLauncher.launch) and hands to the task (run_job)
+            # what the launcher composes (BasicLauncher.launch) and hands to the task (run_job),
+            # with the job's own HydraConfig, which ${hydra:job.num} and the like resolve against
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
+            with open_dict(cfg):
+                cfg.hydra.job.id = num
+                cfg.hydra.job.num = num
+            hydra_config.set_config(cfg)
             with read_write(cfg), open_dict(cfg):
                 del cfg["hydra"]
             to_config(cfg)
         except (GrokError, HydraException, OmegaConfBaseException) as exc:
             cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else None
             return ": ".join(str(e).strip().splitlines()[0] for e in (exc, cause) if e)
+        finally:
+            hydra_config.cfg = sweep_level
         return None
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
