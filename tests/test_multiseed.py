@@ -157,8 +157,15 @@ def test_a_seed_batch_and_a_single_run_never_share_a_directory(tmp_path):
     assert not list(single.glob("seed_*"))
     assert (single / ".hydra" / "overrides.yaml").read_text() == record
     assert (single / ".hydra" / "accepted" / "overrides.yaml").read_text() == record
+    batch_dir = tmp_path / "outputs" / "v1_baseline" / "seeds_0_1"
     with pytest.raises(ResumeMismatch, match=r"holds a seed batch \(seed_0, seed_1\)"):
-        run(tiny_config(), tmp_path / "outputs" / "v1_baseline" / "seeds_0_1", InMemoryLogger())
+        run(tiny_config(), batch_dir, InMemoryLogger())
+    # refused commands there leave the batch's own record as it was
+    batch_record = (batch_dir / ".hydra" / "accepted" / "overrides.yaml").read_text()
+    for other in (("seeds=[0,1]", "optim.lr=0.003"), ("seed=0", f"hydra.run.dir={batch_dir}")):
+        assert run_cli(*common, *other, cwd=tmp_path).returncode == 1
+        for record in (batch_dir / ".hydra", batch_dir / ".hydra" / "accepted"):
+            assert (record / "overrides.yaml").read_text() == batch_record
 
 
 def test_a_command_refused_in_a_seeds_directory_leaves_its_record(tmp_path):

@@ -191,3 +191,15 @@ def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path):
         ckpt.atomic_save({"a": Unpicklable()}, path)
     assert torch.load(path, weights_only=True) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
+
+
+def test_a_damaged_history_is_refused_before_a_logger_opens(tmp_path, monkeypatch):
+    """The refusal must come before the W&B logger writes a new offline fragment into the run."""
+    from grok import assemble
+    from grok.main import run
+
+    run(tiny_config("steps=20", "train.eval_every=5"), tmp_path, logger=InMemoryLogger())
+    (tmp_path / "metrics.jsonl").unlink()
+    monkeypatch.setattr(assemble, "open_logger", lambda *a: pytest.fail("opened a logger"))
+    with pytest.raises(ResumeMismatch, match="is missing or empty"):
+        run(tiny_config("steps=40", "train.eval_every=5"), tmp_path)

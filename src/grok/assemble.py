@@ -27,6 +27,7 @@ from grok.train.trainer import (
     Trainer,
     TrainSettings,
     build_settings,
+    check_history,
     check_identity,
 )
 
@@ -55,6 +56,7 @@ def build_run(cfg: Config, run_dir: Path, device: torch.device,
                 f"{run_dir} is already at step {resume['step']}, past steps={cfg.steps}: rerun "
                 f"with steps={resume['step']} or more to finish or extend it "
                 f"({commands.analyze(run_dir)} analyses it as it is)")
+        check_history(run_dir, resume)  # before the logger opens a W&B fragment
         warn_if_threads_differ(resume.get("torch_threads"))
     torch.manual_seed(cfg.seed)  # the model's initial weights are the only global-RNG draw
     model = build_model(model_config(cfg, task)).to(device)
@@ -72,6 +74,13 @@ def build_run(cfg: Config, run_dir: Path, device: torch.device,
     if hasattr(logger, "history_step"):  # W&B: where a resumed fragment's rows continue
         trainer.extra_state["wandb_step"] = lambda: logger.history_step
     return RunParts(trainer, logger, resume)
+
+
+def started(run_dir: Path) -> bool:
+    """Whether run_dir holds a run, or a seed batch, that has begun training."""
+    run_dir = Path(run_dir)
+    return ckpt.has_resume_state(run_dir) or any(ckpt.has_resume_state(d)
+                                                 for d in run_dir.glob("seed_*"))
 
 
 def check_run_or_batch(run_dir: Path, seeds: list[int]) -> None:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 import hydra_plugins.grok_joblib_launcher
 from grok import commands, naming, plots
 from grok.analysis.runner import analysis_lines, run_analysis, settings_from_config
-from grok.assemble import RunParts, build_run, check_run_or_batch
+from grok.assemble import RunParts, build_run, check_run_or_batch, started
 from grok.config import Config, register_configs, to_config
 from grok.device import resolve_device
 from grok.errors import GrokError
@@ -32,7 +32,7 @@ from grok.train import checkpoint as ckpt
 from grok.train.multiseed import SeedBatch
 from grok.train.preemption import GracefulStop, StoppedAfterTraining
 from grok.train.summary import summarize, summary_line
-from grok.train.trainer import ResumeMismatch, TrainingStopped
+from grok.train.trainer import DamagedMetrics, ResumeMismatch, TrainingStopped
 
 register_configs()
 hydra_plugins.grok_joblib_launcher.register()  # conf/hydra/launcher/joblib.yaml names it
@@ -160,7 +160,7 @@ def main(dcfg: DictConfig) -> None:
     try:
         cfg = to_config(dcfg)
         with stop, ckpt.lock_run_dir(run_dir):
-            if not ckpt.has_resume_state(run_dir):
+            if not started(run_dir):
                 _hydra_record(run_dir, keep=True)
             run(cfg, run_dir, stop=stop)
         _hydra_record(run_dir, keep=True)
@@ -178,7 +178,7 @@ def main(dcfg: DictConfig) -> None:
         stop.hand_over()  # under submitit: the requeued job redoes the summary and analysis
         raise SystemExit(128 + (stop.signum or 0)) from None
     except GrokError as exc:
-        if isinstance(exc, (ResumeMismatch, ckpt.RunDirBusy)):
+        if isinstance(exc, (ResumeMismatch, ckpt.RunDirBusy, DamagedMetrics)):
             _hydra_record(run_dir, keep=False)
         if not isinstance(exc, ckpt.RunDirBusy):  # a busy directory belongs to the lock's holder,
             remove_if_unused(run_dir, also=(ckpt.LOCK_FILE,))  # which may not have written yet

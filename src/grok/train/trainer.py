@@ -201,9 +201,7 @@ class Trainer:
         self.step = int(state["step"])
         self._elapsed_before = float(state["elapsed_s"])
         self._clock = time.perf_counter()
-        rows = ([r for r in read_metrics(self.metrics_path, torn_tail_ok=True)
-                 if r["step"] <= self.step] if self.metrics_path.exists() else [])
-        self._check_history(rows, state.get("last_eval_step"))  # before the file is touched
+        rows = check_history(self.run_dir, state)  # before the file is touched
         self._truncate_metrics(rows)
         self.last_eval_step = rows[-1]["step"] if rows else None
 
@@ -215,25 +213,13 @@ class Trainer:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         os.replace(tmp, self.metrics_path)
 
-    def _check_history(self, rows: list[dict[str, float]], last_eval_step: int | None) -> None:
-        """Refuse to continue a run whose metrics.jsonl lost rows (deleted, cut short, replaced):
-        they cannot be redone, and t_grok would be detected on what is left. Also refuse to
-        continue a run that diverged: its saved weights are not finite."""
-        if last_eval_step is not None and (not rows or rows[-1]["step"] != last_eval_step):
-            found = f"ends at step {rows[-1]['step']}" if rows else "is missing or empty"
-            raise ResumeMismatch(
-                f"{self.metrics_path} {found}, but the run had evaluated step {last_eval_step} "
-                f"when its resume state was saved: its history is damaged and cannot be redone. "
-                "Restore the file from a copy, or start fresh in another directory "
-                "(hydra.run.dir=...)")
-        if rows and not math.isfinite(rows[-1]["train/loss"]):
-            raise ResumeMismatch(
-                f"{self.run_dir} diverged (training loss {rows[-1]['train/loss']} at step "
-                f"{rows[-1]['step']}), so it cannot continue: start a new run with a lower "
-                "optim.lr or a larger optim.warmup_steps")
-
     def save_resume_state(self) -> None:
         self.saved_step = self.step
+        # The rows the state records as written must be on disk before it: after a power cut a
+        # resume checks metrics.jsonl against it (check_history), and appends are not synced.
+        if self.metrics_path.exists():
+            with open(self.metrics_path, "rb+") as f:
+                os.fsync(f.fileno())
         ckpt.save_resume_state(self.run_dir, {
             "step": self.step,
             "model": self.model.state_dict(),
@@ -380,6 +366,29 @@ def make_optimizer(params: Iterable[torch.Tensor], s: TrainSettings, device: tor
 class _NullBar:
     def set_postfix(self, **_: Any) -> None:
         pass
+
+
+def check_history(run_dir: Path, state: dict) -> list[dict[str, float]]:
+    """The metric rows of run_dir up to its resume state `state`. Refuses a run whose
+    metrics.jsonl lost rows (deleted, cut short, replaced): they cannot be redone, and t_grok
+    would be detected on what is left; and a run that diverged: its saved weights are not
+    finite. grok.assemble calls it before anything is written, Trainer._resume again."""
+    path = Path(run_dir) / METRICS_FILE
+    rows = ([r for r in read_metrics(path, torn_tail_ok=True) if r["step"] <= state["step"]]
+            if path.exists() else [])
+    last_eval_step = state.get("last_eval_step")
+    if last_eval_step is not None and (not rows or rows[-1]["step"] != last_eval_step):
+        found = f"ends at step {rows[-1]['step']}" if rows else "is missing or empty"
+        raise ResumeMismatch(
+            f"{path} {found}, but the run had evaluated step {last_eval_step} when its resume "
+            "state was saved: its history is damaged and cannot be redone. Restore the file "
+            "from a copy, or start fresh in another directory (hydra.run.dir=...)")
+    if rows and not math.isfinite(rows[-1]["train/loss"]):
+        raise ResumeMismatch(
+            f"{run_dir} diverged (training loss {rows[-1]['train/loss']} at step "
+            f"{rows[-1]['step']}), so it cannot continue: start a new run with a lower optim.lr "
+            "or a larger optim.warmup_steps")
+    return rows
 
 
 class DamagedMetrics(GrokError):
