@@ -178,6 +178,31 @@ def test_sigterm_stops_a_joblib_sweep_and_leaves_no_process(tmp_path, to_group):
 
 
 @pytest.mark.slow
+def test_a_failed_job_stops_a_joblib_sweep_with_the_running_jobs_saved(tmp_path):
+    """A job refused mid-sweep (its folder holds another seed's run): joblib would SIGKILL the
+    other running jobs; they save and stop instead, the queued one does not start, exit 1."""
+    sweep = tmp_path / "sweep"
+    tiny = ("task.p=11", "train.eval_every=10", "train.resume_every=500", "device=cpu",
+            "logger=none", "analysis=none")
+    assert faults.finish(faults.start("seed=5", "steps=10", *tiny,
+                                      f"hydra.run.dir={sweep / '1'}", cwd=tmp_path))
+    proc = faults.start("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2",
+                        "steps=3000", *tiny, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    try:
+        assert proc.wait(timeout=300) == 1, faults.output(proc)
+    finally:
+        faults.kill_group(proc)
+    out = faults.output(proc)
+    assert "holds a run with seed=5" in out and "Traceback" not in out, out
+    assert re.fullmatch(r"sweep stopped: job\(s\) #1 failed \(the error is above\); 1 running "
+                        r"job\(s\) saved their resume state, 0 finished, 1 not started\. Fix it, "
+                        r"then run the same sweep again with hydra\.sweep\.dir=.*",
+                        out.strip().splitlines()[-1]), out
+    assert ckpt.load_resume_state(sweep / "0")["step"] < 3000
+    assert not (sweep / "2").exists()
+
+
+@pytest.mark.slow
 def test_preset_sweep_end_to_end_comes_back_complete_after_an_interruption(tmp_path):
     """experiment=sweep_seeds_splits (3 seeds x 3 splits, no -m needed), stopped by SIGTERM in
     the middle, then the same command again: every job finishes, each in the directory named

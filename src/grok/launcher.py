@@ -33,6 +33,7 @@ from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_g
 from hydra_plugins.hydra_joblib_launcher import _core
 from joblib import Parallel, delayed
 from joblib.externals.loky.backend.process import LokyProcess
+from joblib.externals.loky.process_executor import TerminatedWorkerError
 
 from grok import commands
 from grok.train import preemption
@@ -51,10 +52,18 @@ class _Stopped:
     started: bool
 
 
-def _execute_job(idx: int, *args: Any) -> tuple[int, JobReturn | _Stopped]:
+@dataclass
+class _Failed:
+    """What a worker returns for a job that exited with an error (main() printed it), for the
+    same reason: the other running jobs are then stopped with their state saved, as a sequential
+    sweep ends at a failed job."""
+    code: int
+
+
+def _execute_job(idx: int, *args: Any) -> tuple[int, JobReturn | _Stopped | _Failed]:
     """(idx, the plugin's execute_job(*args)), in a worker; the job is not started once a stop
-    signal reached this worker, and one stopped by a signal (main() saved it and raised
-    SystemExit(128 + signal)) returns _Stopped."""
+    signal reached this worker, one stopped by a signal (main() saved it and raised
+    SystemExit(128 + signal)) returns _Stopped, one that exited otherwise _Failed."""
     if preemption.noted_signal() is not None:
         return idx, _Stopped(preemption.noted_signal(), started=False)
     try:
@@ -62,7 +71,7 @@ def _execute_job(idx: int, *args: Any) -> tuple[int, JobReturn | _Stopped]:
     except SystemExit as exc:
         signum = STOP_CODES.get(exc.code) if isinstance(exc.code, int) else None
         if signum is None:
-            raise
+            return idx, _Failed(exc.code if isinstance(exc.code, int) else 1)
         preemption.note_stop_signals(received=signum)  # later jobs here do not start
         return idx, _Stopped(signum, started=True)
 
@@ -87,7 +96,7 @@ def launch(launcher: JoblibLauncher, job_overrides: Sequence[Sequence[str]],
     singleton_state = Singleton.get_state()
 
     stop = _SweepStop()
-    results: dict[int, JobReturn | _Stopped] = {}
+    results: dict[int, JobReturn | _Stopped | _Failed] = {}
     # initializer: a worker notes SIGTERM between jobs (by default it dies of it, and joblib
     # answers a dead worker by killing all the others). Unordered results: a job stopped by a
     # signal to its worker alone stops the others at once, not after the jobs listed before it.
@@ -98,25 +107,39 @@ def launch(launcher: JoblibLauncher, job_overrides: Sequence[Sequence[str]],
             delayed(_execute_job)(idx, initial_job_idx + idx, overrides, launcher.hydra_context,
                                   launcher.config, launcher.task_function, singleton_state)
             for idx, overrides in enumerate(job_overrides))
-        for idx, result in outputs:
-            results[idx] = result
-            if isinstance(result, _Stopped):
-                stop.stop_workers(result.signum)
+        try:
+            for idx, result in outputs:
+                results[idx] = result
+                if isinstance(result, _Stopped):
+                    stop.stop_workers(result.signum)
+                elif isinstance(result, _Failed):
+                    stop.signal_workers()
+        except TerminatedWorkerError:
+            # a worker that had not yet installed its handler (it was starting) died of the
+            # SIGTERM passed on to it, and loky ended the others: a stop all the same
+            if stop.signum is None and not any(isinstance(r, _Failed) for r in results.values()):
+                raise
     finally:
         if stop.signum is None:
             stop.uninstall()
         # else the handler stays: a repeated SIGTERM must not kill this process before loky's
         # exit handler has shut the (now idle) workers down, or they would be orphaned again
-    stopped = [r for r in results.values() if isinstance(r, _Stopped)]
-    if not stopped:  # every job finished (a signal may have come after the last one)
+    if len(results) == len(job_overrides) and all(isinstance(r, JobReturn)
+                                                  for r in results.values()):
         return [results[i] for i in range(len(job_overrides))]  # type: ignore[misc]
+    stopped = [r for r in results.values() if isinstance(r, _Stopped)]
+    failed = [initial_job_idx + i for i, r in sorted(results.items()) if isinstance(r, _Failed)]
     saved = sum(r.started for r in stopped)
-    finished = len(results) - len(stopped)
+    finished = sum(isinstance(r, JobReturn) for r in results.values())
+    counts = (f"{saved} running job(s) saved their resume state, {finished} finished, "
+              f"{len(job_overrides) - finished - saved - len(failed)} not started")
+    again = f"run the same sweep again with {commands.override('hydra.sweep.dir', sweep_dir)}"
+    if failed:
+        print(f"sweep stopped: job(s) {', '.join(f'#{n}' for n in failed)} failed (the error is "
+              f"above); {counts}. Fix it, then {again}", file=sys.stderr, flush=True)
+        raise SystemExit(1)
     signum = stop.signum or stopped[0].signum
-    print(f"sweep stopped by {signal.Signals(signum).name}: {saved} running job(s) saved their "
-          f"resume state, {finished} finished, {len(job_overrides) - finished - saved} not "
-          "started. To continue: run the same sweep again with "
-          f"{commands.override('hydra.sweep.dir', sweep_dir)}",
+    print(f"sweep stopped by {signal.Signals(signum).name}: {counts}. To continue: {again}",
           file=sys.stderr, flush=True)
     raise SystemExit(128 + signum)
 
@@ -147,6 +170,11 @@ class _SweepStop:
         another signal sent to its worker alone (a second SIGINT would stop a job at once)."""
         if self.signum is None:
             self.signum = signum
+        self.signal_workers()
+
+    @staticmethod
+    def signal_workers() -> None:
+        """SIGTERM to every worker: running jobs save and stop, queued ones do not start."""
         for proc in multiprocessing.active_children():
             if isinstance(proc, LokyProcess) and proc.pid is not None:
                 try:
