@@ -163,7 +163,10 @@ def test_a_seed_batch_and_a_single_run_never_share_a_directory(tmp_path):
     # refused commands there leave the batch's own record as it was
     batch_record = (batch_dir / ".hydra" / "accepted" / "overrides.yaml").read_text()
     for other in (("seeds=[0,1]", "optim.lr=0.003"), ("seed=0", f"hydra.run.dir={batch_dir}")):
-        assert run_cli(*common, *other, cwd=tmp_path).returncode == 1
+        refused = run_cli(*common, *other, cwd=tmp_path)
+        assert refused.returncode == 1
+        if "optim.lr=0.003" in other:  # a fresh start beside the batch, not inside it
+            assert f"start fresh elsewhere with hydra.run.dir={batch_dir}-" in refused.stderr
         for record in (batch_dir / ".hydra", batch_dir / ".hydra" / "accepted"):
             assert (record / "overrides.yaml").read_text() == batch_record
 

@@ -40,7 +40,8 @@ class RunParts:
 
 
 def build_run(cfg: Config, run_dir: Path, device: torch.device,
-              logger: Logger | None = None) -> RunParts:
+              logger: Logger | None = None, batch_dir: Path | None = None) -> RunParts:
+    """The parts of the run in run_dir (a seed of the batch in batch_dir, if given)."""
     run_dir = Path(run_dir)
     settings = build_settings(cfg, naming.identity(cfg), device)  # may refuse train.compile=true
     if settings.compile and cfg.train.compile == "auto":
@@ -50,7 +51,8 @@ def build_run(cfg: Config, run_dir: Path, device: torch.device,
     task = build_task(cfg.task.op, cfg.task.p)
     resume = ckpt.load_resume_state(run_dir, map_location=device)
     if resume is not None:
-        check_identity(resume.get("identity", {}), settings.identity, run_dir)
+        # a batch that differs starts fresh beside the batch, not inside it
+        check_identity(resume.get("identity", {}), settings.identity, run_dir, batch_dir)
         if resume["step"] > cfg.steps:
             raise ResumeMismatch(
                 f"{run_dir} is already at step {resume['step']}, past steps={cfg.steps}: rerun "

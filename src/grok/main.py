@@ -82,7 +82,8 @@ def run_seeds(cfg: Config, run_dir: Path, loggers: list[Logger] | None = None,
             # A seed batch trains eagerly (SeedBatch has its own step), so train.compile must
             # neither ask for a compiler nor announce a compile here.
             eager = dataclasses.replace(c, train=dataclasses.replace(c.train, compile=False))
-            parts.append(build_run(eager, seed_dir, device, loggers[i] if loggers else None))
+            parts.append(build_run(eager, seed_dir, device, loggers[i] if loggers else None,
+                                   batch_dir=Path(run_dir)))
             # The global RNG is drawn from only to initialise the model, so a separate run saves
             # the state its seed left there; the batch's own state is the last seed's.
             parts[-1].trainer.extra_state["torch_rng"] = torch.get_rng_state()
