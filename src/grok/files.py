@@ -1,5 +1,5 @@
-"""Writing run-directory files atomically: a reader, or a restart after kill -9, sees either the
-old file or the complete new one."""
+"""Writing run-directory files atomically (a reader, or a restart after kill -9, sees either the
+old file or the complete new one), and telling a full or read-only disk from other failures."""
 
 from __future__ import annotations
 
