@@ -78,20 +78,26 @@ def build_run(cfg: Config, run_dir: Path, device: torch.device,
     return RunParts(trainer, logger, resume)
 
 
+def holds_run(run_dir: Path) -> bool:
+    """Whether run_dir holds a run (its split, or a resume state: it has begun)."""
+    return ckpt.has_resume_state(run_dir) or (Path(run_dir) / "split.pt").exists()
+
+
+def batch_runs(run_dir: Path) -> list[str]:
+    """The seed_<s> folders of run_dir that hold a run (a seed batch's)."""
+    return sorted(d.name for d in Path(run_dir).glob("seed_*") if holds_run(d))
+
+
 def started(run_dir: Path) -> bool:
-    """Whether run_dir holds a run, or a seed batch, that has begun training."""
-    run_dir = Path(run_dir)
-    return ckpt.has_resume_state(run_dir) or any(ckpt.has_resume_state(d)
-                                                 for d in run_dir.glob("seed_*"))
+    """Whether run_dir holds a run, or a seed batch, that has begun."""
+    return holds_run(run_dir) or bool(batch_runs(run_dir))
 
 
 def check_run_or_batch(run_dir: Path, seeds: list[int]) -> None:
     """A directory holds one run or one seed batch (its seed_<s> runs), never both: a batch
     started in a single run's directory would bury it and rewrite its Hydra record."""
     run_dir = Path(run_dir)
-    single = ckpt.has_resume_state(run_dir) or (run_dir / "split.pt").exists()
-    batch = sorted(d.name for d in run_dir.glob("seed_*")
-                   if ckpt.has_resume_state(d) or (d / "split.pt").exists())
+    single, batch = holds_run(run_dir), batch_runs(run_dir)
     if seeds and single:
         raise ResumeMismatch(
             f"{run_dir} holds a single run, not a seed batch: train seeds={list(seeds)} in "

@@ -177,14 +177,11 @@ def _job_order(d: Path) -> tuple:
 
 
 def _recorded_job_number(job: Path) -> int | None:
-    for path in (job / ".hydra" / "accepted" / "hydra.yaml", job / ".hydra" / "hydra.yaml"):
-        if path.is_file():
-            try:
-                num = yaml.safe_load(path.read_text())["hydra"]["job"]["num"]
-            except (yaml.YAMLError, KeyError, TypeError):
-                return None
-            return num if isinstance(num, int) else None
-    return None
+    try:
+        num = (recorded_hydra_file(job, "hydra.yaml") or {})["hydra"]["job"]["num"]
+    except (yaml.YAMLError, KeyError, TypeError):
+        return None
+    return num if isinstance(num, int) else None
 
 
 def _is_run(d: Path) -> bool:
@@ -239,18 +236,24 @@ def _check_split_belongs(run_dir: Path, split: Split, checkpoints: list[tuple[in
                              "restore the run's own split.pt")
 
 
-def recorded_config_dict(run_dir: Path) -> dict | None:
-    """The run's accepted Hydra config record (main.py keeps it in .hydra/accepted/)."""
-    for path in (run_dir / ".hydra" / "accepted" / "config.yaml",
-                 run_dir / ".hydra" / "config.yaml"):
+def recorded_hydra_file(run_dir: Path, name: str) -> dict | None:
+    """A file of the run's accepted Hydra record (main.py keeps it in .hydra/accepted/; else the
+    one Hydra wrote last), parsed; None if there is none. Raises yaml.YAMLError."""
+    for path in (run_dir / ".hydra" / "accepted" / name, run_dir / ".hydra" / name):
         if path.is_file():
-            try:
-                data = yaml.safe_load(path.read_text())
-            except yaml.YAMLError:
-                log.warning("cannot parse %s; the split is checked by its checksum only", path)
-                return None
+            data = yaml.safe_load(path.read_text())
             return data if isinstance(data, dict) else None
     return None
+
+
+def recorded_config_dict(run_dir: Path) -> dict | None:
+    """The run's accepted Hydra config record."""
+    try:
+        return recorded_hydra_file(run_dir, "config.yaml")
+    except yaml.YAMLError:
+        log.warning("cannot parse the config record in %s; the split is checked by its checksum "
+                    "only", run_dir / ".hydra")
+        return None
 
 
 def settings_from_config(analysis_cfg: Any, t_grok: int | None = None) -> AnalysisSettings:
