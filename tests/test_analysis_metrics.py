@@ -140,4 +140,9 @@ def test_checkpoint_selection_around_t_grok():
     assert few == {"before": [0], "near": [10], "after": [20]}
     assert select_checkpoints(steps, None) == {"before": [], "near": [], "after": []}
     assert spread([1, 2, 3, 4, 5], 1) == [5] and spread([1, 2, 3], 0) == []
+    # Index positions k * (n - 1) / (count - 1) are rounded half to even (position 2.5 -> 2), and
+    # `after` counts from the last checkpoint, so it mirrors `before` (the documented tie rule).
+    assert spread(list(range(6)), 3) == [0, 2, 5]
+    tie = select_checkpoints(list(range(0, 130, 10)), 60, before=3, near=1, after=3)
+    assert tie == {"before": [0, 20, 50], "near": [60], "after": [70, 100, 120]}
     assert nearest_step(steps, 26) == 30 and nearest_step(steps, 25) == 20

@@ -12,7 +12,8 @@ import numpy as np
 
 
 def spread(items: list[int], count: int) -> list[int]:
-    """`count` items evenly spaced by index, including the first and the last."""
+    """`count` items evenly spaced by index, including the first and the last: positions
+    k (n - 1) / (count - 1) rounded half to even (numpy's rounding)."""
     if count <= 0 or not items:
         return []
     if count >= len(items):
