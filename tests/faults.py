@@ -1,5 +1,6 @@
 """Fault injection on real training processes: start `python -m grok.main`, kill it (also in the
-middle of a checkpoint write), and compare what it leaves with an uninterrupted run."""
+middle of a checkpoint write), and compare what it leaves with an uninterrupted run; and damage
+to a file that torch.load does not notice."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import torch
@@ -126,3 +128,21 @@ def assert_same_training(run_dir: Path, reference: Path) -> None:
     assert all(torch.equal(last["model"][k], ref["model"][k]) for k in ref["model"])
     sa, sb = last["optimizer"]["state"], ref["optimizer"]["state"]
     assert all(torch.equal(sa[i][k], sb[i][k]) for i in sb for k in sb[i])
+
+
+def flip_byte_in_tensor_data(path: Path) -> None:
+    """Flip one byte in the middle of the largest tensor of a torch.save file (a zip archive whose
+    records are stored uncompressed). torch.load reads such a file without complaint: it does not
+    check the zip CRC of tensor records, so the tensor just holds another value."""
+    with zipfile.ZipFile(path) as archive:
+        record = max((r for r in archive.infolist() if "/data/" in r.filename),
+                     key=lambda r: r.file_size)
+    data = bytearray(Path(path).read_bytes())
+    # The data follows the record's local header: 30 bytes, then the name and an extra field
+    # whose lengths it gives at offsets 26 and 28 (the extra field may differ from the central
+    # directory's copy, so it is read here).
+    start = record.header_offset
+    name_len = int.from_bytes(data[start + 26:start + 28], "little")
+    extra_len = int.from_bytes(data[start + 28:start + 30], "little")
+    data[start + 30 + name_len + extra_len + record.file_size // 2] ^= 0xFF
+    Path(path).write_bytes(bytes(data))

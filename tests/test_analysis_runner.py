@@ -240,19 +240,27 @@ def test_missing_damaged_and_foreign_splits_are_refused(copy):
     assert any("differs from metrics.jsonl" in w for w in report_of(copy)["warnings"])
 
 
-def test_unreadable_checkpoint_is_skipped_with_a_warning(copy, caplog):
+def foreign_checkpoint(path):
+    """A whole checkpoint file whose weights do not fit its model: not damaged (it is written
+    without a checksum, as before checksums were added), only foreign. A damaged file is refused
+    instead, see test_checkpoint_checksum."""
+    data = ckpt.load_checkpoint(path)
+    ckpt.atomic_save({**data, "model_state": {}}, path)
+
+
+def test_a_foreign_checkpoint_is_skipped_with_a_warning(copy, caplog):
     steps = [s for s, _ in ckpt.list_checkpoints(copy)]
-    ckpt.checkpoint_path(copy, steps[1]).write_bytes(b"not a checkpoint")
+    foreign_checkpoint(ckpt.checkpoint_path(copy, steps[1]))
     with caplog.at_level(logging.WARNING, logger="grok"):
         run_analysis(copy, "grokking", AnalysisSettings(), CPU, NullLogger(), progress=False)
     report = report_of(copy)
     assert report["checkpoint_steps"] == steps[:1] + steps[2:]
-    assert any("skipping unreadable checkpoint" in w and f"{steps[1]:07d}" in w
+    assert any("skipping unusable checkpoint" in w and f"{steps[1]:07d}" in w
                for w in report["warnings"])
-    assert "skipping unreadable checkpoint" in caplog.text
+    assert "skipping unusable checkpoint" in caplog.text
     for _, path in ckpt.list_checkpoints(copy):
-        path.write_bytes(b"")
-    with pytest.raises(AnalysisError, match="could be read"):
+        foreign_checkpoint(path)
+    with pytest.raises(AnalysisError, match="could be used"):
         run_analysis(copy, "grokking", AnalysisSettings(), CPU, NullLogger(), progress=False)
 
 

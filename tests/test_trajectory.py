@@ -1,5 +1,6 @@
 import json
 import math
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,8 +16,10 @@ from grok.data.tasks import build_task
 from grok.main import run
 from grok.model import build_model
 from grok.tracking import InMemoryLogger
+from grok.train import checkpoint as ckpt
 from grok.train.checkpoint import list_checkpoints
 from tests.conftest import compose_config, tiny_config
+from tests.faults import flip_byte_in_tensor_data
 
 CPU = torch.device("cpu")
 
@@ -147,22 +150,22 @@ def test_block_size_does_not_change_the_matrices(tiny_run):
             np.testing.assert_allclose(np.load(out / f"{name}.npy"), results[n][name], atol=1e-6)
 
 
-def test_an_unreadable_checkpoint_is_skipped_with_a_warning(tiny_run, tmp_path, caplog):
+def test_a_foreign_checkpoint_is_skipped_with_a_warning(tiny_run, tmp_path, caplog):
     """As in the grokking suite: the others are analysed, and their matrices are those of the
     full run without the skipped checkpoint's row and column."""
     root, task, split, checkpoints, metrics = tiny_run
     full = traj.run_trajectory_suite(tmp_path / "full", task, split, checkpoints, metrics,
                                      device=CPU, t_grok=None, logger=InMemoryLogger(),
                                      progress=False)
-    bad = tmp_path / "bad.pt"
-    bad.write_bytes(b"not a checkpoint")
+    bad = tmp_path / "bad.pt"  # whole, but its weights do not fit its model
+    ckpt.atomic_save({**ckpt.load_checkpoint(checkpoints[2][1]), "model_state": {}}, bad)
     damaged = [(s, bad if k == 2 else path) for k, (s, path) in enumerate(checkpoints)]
     with caplog.at_level("WARNING", logger="grok.analysis.trajectory"):
         summary = traj.run_trajectory_suite(tmp_path / "damaged", task, split, damaged, metrics,
                                             device=CPU, t_grok=None, logger=InMemoryLogger(),
                                             progress=False)
-    assert caplog.messages == [f"trajectory: skipping unreadable checkpoint {bad} "
-                               "(UnpicklingError: Weights only load failed)"]
+    assert caplog.messages == [f"trajectory: skipping unusable checkpoint {bad} "
+                               "(RuntimeError: Error(s) in loading state_dict for Transformer:)"]
     kept = [s for k, (s, _) in enumerate(checkpoints) if k != 2]
     assert summary["checkpoint_steps"] == kept and summary["n_checkpoints"] == len(kept)
     for name in traj.MATRICES:
@@ -172,8 +175,22 @@ def test_an_unreadable_checkpoint_is_skipped_with_a_warning(tiny_run, tmp_path, 
             np.load(tmp_path / "damaged" / traj.OUT_DIR / f"{name}.npy"), expected, rtol=1e-12,
             atol=1e-15)
     assert full["n_checkpoints"] == len(checkpoints)
-    with pytest.raises(traj.TrajectoryError, match="no checkpoint could be read"):
+    with pytest.raises(traj.TrajectoryError, match="no checkpoint could be used"):
         traj.run_trajectory_suite(tmp_path / "none", task, split, [(0, bad)], metrics,
+                                  device=CPU, t_grok=None, logger=InMemoryLogger(),
+                                  progress=False)
+
+
+def test_a_damaged_checkpoint_stops_the_trajectory_analysis(tiny_run, tmp_path):
+    """Called on its own (the runner refuses a damaged checkpoint before), the suite verifies
+    each checkpoint's checksum as it loads it, rather than analysing damaged weights."""
+    root, task, split, checkpoints, metrics = tiny_run
+    bad = tmp_path / "step_0000001.pt"
+    shutil.copy(checkpoints[1][1], bad)
+    flip_byte_in_tensor_data(bad)
+    damaged = [(s, bad if k == 1 else path) for k, (s, path) in enumerate(checkpoints)]
+    with pytest.raises(ckpt.DamagedCheckpoint, match="checksum mismatch"):
+        traj.run_trajectory_suite(tmp_path / "damaged", task, split, damaged, metrics,
                                   device=CPU, t_grok=None, logger=InMemoryLogger(),
                                   progress=False)
 

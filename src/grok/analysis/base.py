@@ -71,7 +71,8 @@ def forward_pass(model: nn.Module, probe: Probe, step: int, batch: int = 2048) -
 
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[int, nn.Module]:
-    """(step, model in eval mode) from a weights-only checkpoint file."""
+    """(step, model in eval mode) from a weights-only checkpoint file, checksum verified (raises
+    grok.train.checkpoint.DamagedCheckpoint for a damaged file)."""
     data = load_checkpoint(path, map_location=device)
     model = build_model(data["model_config"]).to(device)
     model.load_state_dict(data["model_state"])

@@ -50,7 +50,7 @@ def grokking_suite(run, settings: AnalysisSettings, *, t_grok: int | None, devic
                             progress)
     if not scan.steps:
         raise AnalysisError(f"none of the {len(run.checkpoints)} checkpoints in "
-                            f"{run.run_dir / 'checkpoints'} could be read (see the warnings)")
+                            f"{run.run_dir / 'checkpoints'} could be used (see the warnings)")
     report = build_report(scan, run.metrics, settings, forced=t_grok)
     report["run"] = {"task": run.split.task, "split": run.split.name,
                      "split_params": run.split.params, "split_seed": run.split.seed,

@@ -7,7 +7,10 @@ followed by the trajectory step, which then marks the t_grok that the grokking s
 
 Training runs call run_analysis at the end (grok.main); `python -m grok.analyze` calls it on a
 finished run. The runner never trains and never recomputes the split: split.pt is loaded with its
-checksum verified and checked against the checkpoints and the run's recorded config.
+checksum verified and checked against the checkpoints and the run's recorded config. Every
+checkpoint's checksum is verified before anything is analysed: a damaged one stops the analysis
+rather than being left out, because leaving it out would silently move the checkpoints chosen
+around t_grok (or the final one that the trajectory compares against) to other steps.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from grok.analysis.trajectory import summary_line as trajectory_line
 from grok.data.splits import Split, SplitError, load_split
 from grok.data.tasks import Task, build_task
 from grok.tracking.base import Logger
-from grok.train.checkpoint import list_checkpoints, load_checkpoint
+from grok.train import checkpoint as ckpt
 from grok.train.trainer import METRICS_FILE, read_metrics
 
 __all__ = ["AnalysisError", "AnalysisSettings", "LoadedRun", "SUITES", "analyse_loaded",
@@ -153,14 +156,15 @@ def load_run(run_dir: Path) -> LoadedRun:
         raise AnalysisError(f"{run_dir} is not a run directory (no split.pt, no checkpoints/); "
                             "pass the folder of a training run, e.g. "
                             "run_dir=outputs/runs/<date>/<time>")
-    checkpoints = list_checkpoints(run_dir)
+    checkpoints = ckpt.list_checkpoints(run_dir)
     if not checkpoints:
         raise AnalysisError(f"no checkpoints in {run_dir / 'checkpoints'} (step_*.pt); the run "
                             "saved none, so there is nothing to analyse (train with "
                             "train.checkpoints > 0)")
     split = load_split(run_dir / "split.pt")  # SplitError: missing, unreadable or bad checksum
     task = build_task(split.task["op"], split.task["p"])
-    _check_split_belongs(run_dir, split, checkpoints)
+    trained_on = _verify_checkpoints(run_dir, checkpoints)
+    _check_split_belongs(run_dir, split, trained_on)
     metrics_path = run_dir / METRICS_FILE
     # a run killed mid-write (kill -9) can leave its last row cut short: analyse the others
     metrics = read_metrics(metrics_path, torn_tail_ok=True) if metrics_path.is_file() else []
@@ -201,19 +205,40 @@ def runs_under(folder: Path) -> list[Path]:
     return runs
 
 
-def _check_split_belongs(run_dir: Path, split: Split, checkpoints: list[tuple[int, Path]]) -> None:
-    """split.pt must be this run's: same task as the checkpoints, same split as the config."""
-    for _, path in checkpoints:
+def _verify_checkpoints(run_dir: Path, checkpoints: list[tuple[int, Path]]) -> dict | None:
+    """Read every checkpoint with its checksum verified, so that a damaged one stops the analysis
+    before a logger opens or a result is overwritten. Returns the task the first one records."""
+    task = None
+    for step, path in checkpoints:
         try:
-            ckpt_task = dict(load_checkpoint(path)["task"])
-        except Exception:  # an unreadable one is reported (and skipped) by the scan
-            continue
-        if ckpt_task != split.task:
-            raise SplitError(f"{run_dir / 'split.pt'} belongs to {split.task['op']} mod "
-                             f"{split.task['p']}, but the checkpoints were trained on "
-                             f"{ckpt_task['op']} mod {ckpt_task['p']}; restore the run's own "
-                             "split.pt")
-        break
+            data = ckpt.load_checkpoint(path)
+        except ckpt.DamagedCheckpoint as exc:
+            raise AnalysisError(f"{exc}: {_how_to_replace(run_dir, step)}") from None
+        if task is None and "task" in data:
+            task = dict(data["task"])
+    return task
+
+
+def _how_to_replace(run_dir: Path, step: int) -> str:
+    """What to do about the damaged checkpoint of `step`. Rerunning the training command writes
+    it again when the run resumes at or before its step (always the case for the final checkpoint
+    of a finished run); an earlier one is lost, and the analysis can only go without it."""
+    without = f"delete it and run the analysis again, which then leaves out step {step}"
+    resumes_at = ckpt.resume_step(run_dir)
+    if resumes_at is None or step < resumes_at:
+        return without
+    return ("rerun the command that trained the run (same overrides, same run directory) to "
+            f"write it again from the resume state, or {without}")
+
+
+def _check_split_belongs(run_dir: Path, split: Split, ckpt_task: dict | None) -> None:
+    """split.pt must be this run's: same task as the checkpoints (`ckpt_task`, None if they record
+    none), same split as the config."""
+    if ckpt_task is not None and ckpt_task != split.task:
+        raise SplitError(f"{run_dir / 'split.pt'} belongs to {split.task['op']} mod "
+                         f"{split.task['p']}, but the checkpoints were trained on "
+                         f"{ckpt_task['op']} mod {ckpt_task['p']}; restore the run's own "
+                         "split.pt")
     recorded = recorded_config_dict(run_dir)
     if recorded is None:
         return

@@ -1,7 +1,9 @@
 """Run analyzers over a run's checkpoints: each file loaded once, one shared forward pass each.
 
-Unreadable checkpoints are skipped with a warning; a CUDA out-of-memory error moves the rest of
-the scan to the CPU with a warning. Both are reported back so the runner can record them.
+A damaged checkpoint (truncated, unreadable, failing its checksum) raises DamagedCheckpoint: the
+runner refuses it before a scan starts. A checkpoint that is whole but holds no model this code
+can build (a foreign file) is skipped with a warning; a CUDA out-of-memory error moves the rest of
+the scan to the CPU with a warning. Both warnings are reported back so the runner can record them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from tqdm.auto import tqdm
 
 from grok.analysis.base import Analyzer, Probe, Result, forward_pass, load_model
 from grok.progress import progress_enabled
+from grok.train.checkpoint import DamagedCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +38,13 @@ def _warn(scan: Scan, message: str) -> None:
 
 
 def load_or_reason(path: Path, device: torch.device):
-    """(step, model), or the reason the file cannot be used (one line)."""
+    """(step, model), or the reason a whole file cannot be used (one line). A damaged file
+    raises DamagedCheckpoint: leaving it out would change which steps the analysis covers."""
     try:
         return load_model(path, device)
-    except torch.cuda.OutOfMemoryError:
+    except (torch.cuda.OutOfMemoryError, DamagedCheckpoint):
         raise
-    except Exception as exc:  # truncated, foreign or corrupt file; wrong or missing keys
+    except Exception as exc:  # a foreign file: wrong or missing keys, another architecture
         # the first sentence: torch's messages go on for a paragraph of advice
         first = str(exc).splitlines()[0].split(". ")[0].rstrip(".") if str(exc) else ""
         return f"{type(exc).__name__}: {first}"
@@ -56,10 +60,10 @@ def _analyse(model, step: int, probe: Probe, analyzers: Sequence[Analyzer], batc
 
 def _attempt(scan: Scan, step: int, path: Path, probe: Probe, analyzers: Sequence[Analyzer],
              batch: int):
-    """(step, model, result) of one checkpoint, or None (with a warning) if it cannot be read."""
+    """(step, model, result) of one checkpoint, or None (with a warning) if it cannot be used."""
     loaded = load_or_reason(path, scan.device)
     if isinstance(loaded, str):
-        _warn(scan, f"skipping unreadable checkpoint {path} ({loaded})")
+        _warn(scan, f"skipping unusable checkpoint {path} ({loaded})")
         return None
     found, model = loaded
     if found != step:

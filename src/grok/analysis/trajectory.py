@@ -98,7 +98,7 @@ def extract_features(checkpoints: list[tuple[int, Path]], probe: Probe, store: F
                      device: torch.device, progress: bool
                      ) -> tuple[list[int], dict[str, np.ndarray]]:
     """One forward pass per checkpoint; features go to `store`. Returns the steps of the
-    checkpoints used (an unreadable one is skipped with a warning, as the grokking suite does) and
+    checkpoints used (an unusable one is skipped with a warning, as the grokking suite does) and
     per-checkpoint statistics the JS divergence needs (sum p log p and total mass, float64)."""
     neg_entropy, mass, used = [], [], []
     bilinear = None
@@ -107,7 +107,7 @@ def extract_features(checkpoints: list[tuple[int, Path]], probe: Probe, store: F
     for step, path in bar:
         loaded = load_or_reason(path, device)
         if isinstance(loaded, str):
-            log.warning("trajectory: skipping unreadable checkpoint %s (%s)", path, loaded)
+            log.warning("trajectory: skipping unusable checkpoint %s (%s)", path, loaded)
             continue
         saved_step, model = loaded
         if saved_step != step:
@@ -131,7 +131,7 @@ def extract_features(checkpoints: list[tuple[int, Path]], probe: Probe, store: F
         used.append(step)
         del fp, model
     if not used:
-        raise TrajectoryError("no checkpoint could be read; see the warnings above")
+        raise TrajectoryError("no checkpoint could be used; see the warnings above")
     return used, {"neg_entropy": np.array(neg_entropy), "mass": np.array(mass)}
 
 

@@ -1,15 +1,21 @@
 """Checkpoint files: atomic writes, weights-only analysis checkpoints and the resume state.
 
 Layout inside a run directory:
-  checkpoints/step_0001000.pt  {"step", "model_state", "model_config", "task"}: weights only
+  checkpoints/step_0001000.pt  {"step", "model_state", "model_config", "task", "checksum"}
   checkpoints/last.pt          everything needed to continue exactly (see save_resume_state)
   checkpoints/previous.pt      the resume state before last.pt, kept as an exact fallback
 All load with torch.load(weights_only=True): they hold only tensors and plain containers.
 
-The resume state carries a checksum of its contents, because torch.load does not notice flipped
-bytes inside tensor data. A last.pt that is truncated, unreadable or fails its checksum is moved
-aside and the run resumes from previous.pt: minibatches are a pure function of (seed, step), so
-redoing the steps in between gives the same run bit for bit.
+Every file carries a SHA-256 checksum of its contents (state_digest), because torch.load does not
+notice flipped bytes inside tensor data (it skips the zip CRC of tensor records), and analyses of
+damaged weights would look like results. The readers (load_checkpoint, load_resume_state) verify
+it and raise DamagedCheckpoint for a file that is truncated, unreadable or fails it; a checkpoint
+written before checksums were added (no "checksum" key) loads unverified.
+
+A damaged last.pt is moved aside and the run resumes from previous.pt: minibatches are a pure
+function of (seed, step), so redoing the steps in between gives the same run bit for bit. A
+damaged or missing analysis checkpoint at the step a run resumes at is written again from the
+resume state (grok.train.trainer), which holds the same weights.
 """
 
 from __future__ import annotations
@@ -39,6 +45,14 @@ _STEP_FILE = re.compile(r"step_(\d+)\.pt$")
 _CHECKSUM_KEY = "checksum"
 
 log = logging.getLogger(__name__)
+
+
+class DamagedCheckpoint(GrokError):
+    """A checkpoint or resume file that is truncated, unreadable or fails its checksum."""
+
+    def __init__(self, path: Path, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path} is damaged ({reason})")
 
 
 class NoValidResumeState(GrokError):
@@ -161,7 +175,9 @@ def has_resume_state(run_dir: Path) -> bool:
 
 
 def _weights_payload(step: int, model_state: dict, model_config: dict, task: dict) -> dict:
-    return {"step": step, "model_state": model_state, "model_config": model_config, "task": task}
+    """The contents of a weights-only checkpoint file, checksum included."""
+    return _with_checksum({"step": step, "model_state": model_state, "model_config": model_config,
+                           "task": task})
 
 
 def save_weights(run_dir: Path, step: int, model: torch.nn.Module, model_config: dict,
@@ -184,10 +200,15 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """A weights-only checkpoint {"step", "model_state", "model_config", "task"}, checksum
+    verified. Raises DamagedCheckpoint (naming the file) if it is truncated, unreadable or fails
+    its checksum, FileNotFoundError if it does not exist."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no checkpoint {path}")
+    return _read_verified(path, map_location)
 
 
-# ----------------------------------------------------------------------------- resume state
+# -------------------------------------------------------------------------------- checksums
 def state_digest(obj: Any) -> str:
     """SHA-256 of a nested structure of dicts, lists, tensors and plain values (tensors by dtype,
     shape and bytes), independent of the device the tensors live on."""
@@ -214,6 +235,29 @@ def state_digest(obj: Any) -> str:
     return h.hexdigest()
 
 
+def _with_checksum(contents: dict) -> dict:
+    """What a checkpoint file holds: `contents` and the checksum that _read_verified checks."""
+    return {**contents, _CHECKSUM_KEY: state_digest(contents)}
+
+
+def _read_verified(path: Path, map_location: str | torch.device) -> dict:
+    """Load a checkpoint or resume file and check its checksum (a file written before checksums
+    has none and loads unverified); raise DamagedCheckpoint saying what is wrong."""
+    try:
+        contents = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, garbage, empty file, ...
+        # the first sentence: torch's messages go on for a paragraph of advice
+        first = (str(exc).splitlines() or ["empty file"])[0].split(". ")[0].rstrip(".")[:120]
+        raise DamagedCheckpoint(path, f"unreadable ({type(exc).__name__}: {first})") from None
+    if not isinstance(contents, dict) or "step" not in contents:
+        raise DamagedCheckpoint(path, "not a checkpoint: no step")
+    saved = contents.pop(_CHECKSUM_KEY, None)
+    if saved is not None and saved != state_digest(contents):
+        raise DamagedCheckpoint(path, "checksum mismatch")
+    return contents
+
+
+# ----------------------------------------------------------------------------- resume state
 def save_resume_state(run_dir: Path, state: dict) -> None:
     """Write `state` (with its checksum) as last.pt; the former last.pt becomes previous.pt.
 
@@ -221,7 +265,7 @@ def save_resume_state(run_dir: Path, state: dict) -> None:
     so at every instant last.pt or previous.pt holds a complete state.
     """
     last, previous = resume_path(run_dir), previous_path(run_dir)
-    tmp = _write_temp({**state, _CHECKSUM_KEY: state_digest(state)}, last)
+    tmp = _write_temp(_with_checksum(state), last)
     try:
         if last.exists():
             os.replace(last, previous)
@@ -230,21 +274,6 @@ def save_resume_state(run_dir: Path, state: dict) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(last.parent)
-
-
-def _read_verified(path: Path, map_location: str | torch.device) -> dict:
-    """Load a resume file and check its checksum; raise ValueError saying what is wrong."""
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, garbage, empty file, ...
-        first_line = (str(exc).splitlines() or ["empty file"])[0][:120]
-        raise ValueError(f"unreadable ({type(exc).__name__}: {first_line})") from None
-    if not isinstance(state, dict) or "step" not in state:
-        raise ValueError("not a resume state")
-    saved = state.pop(_CHECKSUM_KEY, None)
-    if saved is not None and saved != state_digest(state):
-        raise ValueError("checksum mismatch (the file was modified or damaged)")
-    return state
 
 
 def load_resume_state(run_dir: Path, map_location: str | torch.device = "cpu") -> dict | None:
@@ -262,8 +291,8 @@ def load_resume_state(run_dir: Path, map_location: str | torch.device = "cpu") -
             continue
         try:
             state = _read_verified(path, map_location)
-        except ValueError as exc:
-            problems.append(f"{path.name}: {exc}")
+        except DamagedCheckpoint as exc:
+            problems.append(f"{path.name}: {exc.reason}")
             if path == last:
                 os.replace(last, last.with_name(last.name + ".corrupt"))
             continue
@@ -280,6 +309,16 @@ def load_resume_state(run_dir: Path, map_location: str | torch.device = "cpu") -
             f"no valid resume state in {last.parent} ({'; '.join(problems)}), so the run cannot "
             "continue exactly. Start it fresh in another directory (hydra.run.dir=...), or "
             f"delete the folder {last.parent} to restart it from step 0 in this directory")
+    return None
+
+
+def resume_step(run_dir: Path) -> int | None:
+    """The step a rerun of the training command continues from (that of the resume state
+    load_resume_state would pick), read without moving any file; None if there is none."""
+    for path in (resume_path(run_dir), previous_path(run_dir)):
+        if path.is_file():
+            with contextlib.suppress(DamagedCheckpoint):
+                return int(_read_verified(path, "cpu")["step"])
     return None
 
 
@@ -324,7 +363,8 @@ def estimate_disk(run_dir: Path, model: torch.nn.Module, model_config: dict, tas
     """Estimate the checkpoint bytes of a run that saves weights at `steps`, by serializing what
     those files hold: the model's weights, and for the resume state the weights with AdamW's two
     moment buffers per parameter and the RNG state. A run resumed at step `trained_to` writes only
-    the checkpoints after it (an extended run's schedule can name earlier steps it never saved)."""
+    the checkpoints from it on (an extended run's schedule can name earlier steps it never saved;
+    the one at trained_to is written again from the resume state if it is missing)."""
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     ckpt_bytes = _serialized_size(_weights_payload(max(steps, default=0), weights, model_config,
                                                    task))
@@ -336,7 +376,7 @@ def estimate_disk(run_dir: Path, model: torch.nn.Module, model_config: dict, tas
                                      "torch_rng": torch.get_rng_state(),
                                      _CHECKSUM_KEY: "0" * 64}) + 1024  # + scalars and identity
     missing = sum(not checkpoint_path(run_dir, s).exists() for s in steps
-                  if trained_to is None or s > trained_to)
+                  if trained_to is None or s >= trained_to)
     missing_resume = sum(not p.exists() for p in (resume_path(run_dir), previous_path(run_dir)))
     folder = Path(run_dir)
     while not folder.exists():

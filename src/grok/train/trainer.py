@@ -206,6 +206,27 @@ class Trainer:
         rows = check_history(self.run_dir, state)  # before the file is touched
         self._truncate_metrics(rows)
         self.last_eval_step = rows[-1]["step"] if rows else None
+        self._restore_checkpoint()
+
+    def _restore_checkpoint(self) -> None:
+        """Write the analysis checkpoint of the resumed step again if it is missing or damaged:
+        the resume state holds the same weights. Steps after it are written as training passes
+        them, but a finished run trains no further step, so without this its final checkpoint,
+        once lost, could never come back."""
+        if self.step not in self.checkpoint_at:
+            return
+        path = ckpt.checkpoint_path(self.run_dir, self.step)
+        try:
+            ckpt.load_checkpoint(path)
+            return
+        except FileNotFoundError:
+            problem = "missing"
+        except ckpt.DamagedCheckpoint as exc:
+            problem = f"damaged ({exc.reason})"
+        ckpt.save_weights(self.run_dir, self.step, self.model, self.model.config_dict(),
+                          self.split.task)
+        log.warning("%s was %s; wrote it again from the resume state at step %d", path, problem,
+                    self.step)
 
     def _truncate_metrics(self, rows: list[dict[str, float]]) -> None:
         """Keep only `rows`: those written after the resume state was saved are redone."""
