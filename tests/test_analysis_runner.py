@@ -146,6 +146,8 @@ def test_forced_t_grok_sets_relative_steps_and_selection(copy):
     assert lag["lag"] == lag["step"] - t
     line = summary_line(report, copy)
     assert line.startswith(f"grokking: t_grok {t} (forced); ")
+    reached = report["step_test_acc_0.99"]
+    assert f", >= 0.99 {'never' if reached is None else f'at {reached}'};" in line
     assert f"final_layer_rank drop at {lag['step']} (lag {lag['lag']:+d})" in line
     assert report["before_after"]["after"]["step"] >= t >= report["before_after"]["before"]["step"]
 
@@ -164,7 +166,7 @@ def test_undetected_t_grok_is_null_with_a_warning(copy, caplog):
     assert any(message in w for w in report["warnings"])
     assert message in caplog.text
     assert summary_line(report, copy).startswith(
-        "grokking: t_grok not detected; test acc >= 0.95 at never, >= 0.99 at never; ")
+        "grokking: t_grok not detected; test acc >= 0.95 never, >= 0.99 never; ")
     # the recomputed accuracies no longer match the edited metrics: that is flagged too
     assert any("differs from metrics.jsonl" in w for w in report["warnings"])
 

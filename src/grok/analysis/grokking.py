@@ -245,9 +245,9 @@ def summary_line(report: dict[str, Any], run_dir: Path) -> str:
 
     def reached(level: str) -> str:
         step = report[f"step_test_acc_{level}"]
-        return "never" if step is None else str(step)
+        return "never" if step is None else f"at {step}"
 
-    parts = [head, f"test acc >= 0.95 at {reached('0.95')}, >= 0.99 at {reached('0.99')}"]
+    parts = [head, f"test acc >= 0.95 {reached('0.95')}, >= 0.99 {reached('0.99')}"]
     for name, value in report["alignment"].items():
         if value["lag"] is not None:
             parts.append(f"{name.removesuffix('_sharpest_drop')} drop at {value['step']} "
