@@ -73,6 +73,12 @@ def test_out_of_range_values_name_the_key(overrides, key):
     assert str(err.value).startswith(f"{key}=")
 
 
+@pytest.mark.parametrize("value", ["half", "0", "-512"])
+def test_a_bad_batch_size_says_that_full_is_allowed_too(value):
+    with pytest.raises(ConfigError, match="choose a positive integer or full"):
+        compose_config(f"train.batch_size={value}")
+
+
 def test_values_next_to_the_bounds_are_accepted():
     assert compose_config("train.checkpoints=0", "analysis=none").train.checkpoints == 0
     assert compose_config("task.p=4096", "split.seed=0").task.p == 4096

@@ -222,8 +222,8 @@ def check(cfg: Config) -> Config:
     if o.warmup_steps < 0:
         _fail("optim.warmup_steps", o.warmup_steps, "must be >= 0")
 
-    if tr.batch_size != "full":
-        _positive("train.batch_size", tr.batch_size)
+    if tr.batch_size != "full" and not _is_int(tr.batch_size, minimum=1):
+        _fail("train.batch_size", tr.batch_size, "choose a positive integer or full")
     if tr.eval_every != "auto" and not _is_int(tr.eval_every, minimum=1):
         _fail("train.eval_every", tr.eval_every, "choose a number of steps >= 1 or auto")
     _positive("train.resume_every", tr.resume_every)
