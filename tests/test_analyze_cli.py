@@ -85,8 +85,9 @@ def test_a_run_that_stopped_early_is_analysed_with_a_warning(cli_run, caplog):
     with caplog.at_level("WARNING", logger="grok.analyze"):
         analyze(cfg)
     assert [r.getMessage() for r in caplog.records if r.name == "grok.analyze"] == [
-        f"the run stopped at step 40 of 100; this analyses the part it trained (resume it with "
-        f"python -m grok.main hydra.run.dir={cli_run} and its overrides to finish it)"]
+        f"the run stopped early: its metrics end at step 40 of 100; this analyses the part it "
+        f"trained (resume it with python -m grok.main hydra.run.dir={cli_run} and its overrides "
+        "to finish it)"]
 
 
 @pytest.mark.parametrize("override,key", [

@@ -115,12 +115,13 @@ def warn_if_incomplete(run: LoadedRun, trained: Config | None) -> None:
     `trained` is the run's recorded training config (None when it has none)."""
     if trained is None or not run.metrics:
         return
+    # the last evaluation, not where training stopped (a stop between evaluations is later)
     reached = run.metrics[-1]["step"]
     if reached < trained.steps:
         logging.getLogger("grok.analyze").warning(
-            "the run stopped at step %d of %d; this analyses the part it trained (resume it with "
-            "python -m grok.main %s and its overrides to finish it)", reached,
-            trained.steps, commands.override("hydra.run.dir", run.run_dir))
+            "the run stopped early: its metrics end at step %d of %d; this analyses the part it "
+            "trained (resume it with python -m grok.main %s and its overrides to finish it)",
+            reached, trained.steps, commands.override("hydra.run.dir", run.run_dir))
 
 
 def recorded_config(run_dir: Path) -> Config | None:
