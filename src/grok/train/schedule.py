@@ -14,7 +14,8 @@ AUTO_CHECKPOINTS_LONG = 200
 # train.eval_every=auto: every 100 steps up to step LONG_RUN_STEPS, where the default recipes'
 # transitions lie (t_grok keeps its resolution, and a short run is evaluated as before), every
 # 500 after it, as train=long does. Every evaluation costs ~4 training steps, so every 100 steps
-# throughout spent 4% of a 400k-step run on its 4006 evaluations; auto evaluates 1149 times.
+# throughout would spend ~4% of a 400k-step run on its 4189 evaluations (the 200 checkpoints
+# included); auto evaluates 1149 times.
 AUTO_EVAL_EVERY = 100
 AUTO_EVAL_EVERY_LATE = 500
 
