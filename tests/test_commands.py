@@ -1,6 +1,7 @@
 """Printed overrides and commands paste back as what they name, whatever the path."""
 
 import shlex
+from pathlib import Path
 
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -27,6 +28,8 @@ def test_plain_paths_stay_unquoted():
 
 def test_outside_a_sweep_a_fresh_start_is_a_run_directory_beside_the_old_one():
     assert commands.elsewhere("/tmp/run", "1a2b3c") == "hydra.run.dir=/tmp/run-1a2b3c"
+    assert commands.elsewhere("/tmp/sweep/3", "1a2b3c", sweep_dir=Path("/tmp/sweep")) == \
+        "hydra.sweep.dir=/tmp/sweep-1a2b3c (for the whole sweep)"
 
 
 def test_a_refused_sweep_job_names_another_sweep_folder(tmp_path):

@@ -40,8 +40,10 @@ class RunParts:
 
 
 def build_run(cfg: Config, run_dir: Path, device: torch.device,
-              logger: Logger | None = None, batch_dir: Path | None = None) -> RunParts:
-    """The parts of the run in run_dir (a seed of the batch in batch_dir, if given)."""
+              logger: Logger | None = None, batch_dir: Path | None = None,
+              sweep_dir: Path | None = None) -> RunParts:
+    """The parts of the run in run_dir (a seed of the batch in batch_dir, if given; a job of the
+    sweep in sweep_dir, if given, which only changes what a refusal suggests)."""
     run_dir = Path(run_dir)
     settings = build_settings(cfg, naming.identity(cfg), device)  # may refuse train.compile=true
     if settings.compile and cfg.train.compile == "auto":
@@ -52,7 +54,8 @@ def build_run(cfg: Config, run_dir: Path, device: torch.device,
     resume = ckpt.load_resume_state(run_dir, map_location=device)
     if resume is not None:
         # a batch that differs starts fresh beside the batch, not inside it
-        check_identity(resume.get("identity", {}), settings.identity, run_dir, batch_dir)
+        check_identity(resume.get("identity", {}), settings.identity, run_dir, batch_dir,
+                       sweep_dir)
         if resume["step"] > cfg.steps:
             raise ResumeMismatch(
                 f"{run_dir} is already at step {resume['step']}, past steps={cfg.steps}: rerun "

@@ -30,19 +30,10 @@ def analyze(run_dir: Path, *more: str) -> str:
     return " ".join(["python -m grok.analyze", override("run_dir", run_dir), *more])
 
 
-def elsewhere(run_dir: Path, suffix: str) -> str:
-    """The override that starts a refused run fresh beside run_dir. In a sweep hydra.run.dir
-    does not apply (Hydra places each job under hydra.sweep.dir), so it names the sweep's."""
-    sweep_dir = _sweep_dir()
+def elsewhere(run_dir: Path, suffix: str, sweep_dir: Path | None = None) -> str:
+    """The override that starts a refused run fresh beside run_dir. In a sweep (`sweep_dir`, its
+    hydra.sweep.dir) hydra.run.dir does not apply: Hydra places each job under hydra.sweep.dir,
+    so it names a fresh sweep folder."""
     if sweep_dir is not None:
         return override("hydra.sweep.dir", f"{sweep_dir}-{suffix}") + " (for the whole sweep)"
     return override("hydra.run.dir", f"{run_dir}-{suffix}")
-
-
-def _sweep_dir() -> str | None:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return str(HydraConfig.get().sweep.dir)
-    return None

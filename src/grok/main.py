@@ -39,15 +39,16 @@ hydra_plugins.grok_joblib_launcher.register()  # conf/hydra/launcher/joblib.yaml
 
 
 def run(cfg: Config, run_dir: Path, logger: Logger | None = None,
-        stop: GracefulStop | None = None) -> dict:
+        stop: GracefulStop | None = None, sweep_dir: Path | None = None) -> dict:
     """Train (or resume) one run in run_dir and return its summary. With `stop` (an entered
     GracefulStop), a stop signal saves the resume state and raises TrainingStopped. With
-    cfg.seeds, train a batch of runs in run_dir/seed_<s> (run_seeds); return the first summary."""
+    cfg.seeds, train a batch of runs in run_dir/seed_<s> (run_seeds); return the first summary.
+    `sweep_dir`: the sweep folder of a sweep's job, which refusals then point beside."""
     check_run_or_batch(run_dir, cfg.seeds)
     if cfg.seeds:
-        return run_seeds(cfg, run_dir, stop=stop)[0]
+        return run_seeds(cfg, run_dir, stop=stop, sweep_dir=sweep_dir)[0]
     device = resolve_device(cfg.device)
-    parts = build_run(cfg, Path(run_dir), device, logger)
+    parts = build_run(cfg, Path(run_dir), device, logger, sweep_dir=sweep_dir)
     if stop is not None:
         parts.trainer.should_stop = stop
     exit_code = 1
@@ -66,7 +67,7 @@ def run(cfg: Config, run_dir: Path, logger: Logger | None = None,
 
 
 def run_seeds(cfg: Config, run_dir: Path, loggers: list[Logger] | None = None,
-              stop: GracefulStop | None = None) -> list[dict]:
+              stop: GracefulStop | None = None, sweep_dir: Path | None = None) -> list[dict]:
     """Train cfg.seeds as one batched model (grok.train.multiseed), each seed into its own
     complete run directory run_dir/seed_<s> with its own logger (W&B run); return the seeds'
     summaries. A seed's directory is what `seed=<s>` alone would have written, .hydra/config.yaml
@@ -83,7 +84,7 @@ def run_seeds(cfg: Config, run_dir: Path, loggers: list[Logger] | None = None,
             # neither ask for a compiler nor announce a compile here.
             eager = dataclasses.replace(c, train=dataclasses.replace(c.train, compile=False))
             parts.append(build_run(eager, seed_dir, device, loggers[i] if loggers else None,
-                                   batch_dir=Path(run_dir)))
+                                   batch_dir=Path(run_dir), sweep_dir=sweep_dir))
             # The global RNG is drawn from only to initialise the model, so a separate run saves
             # the state its seed left there; the batch's own state is the last seed's.
             parts[-1].trainer.extra_state["torch_rng"] = torch.get_rng_state()
@@ -163,7 +164,7 @@ def main(dcfg: DictConfig) -> None:
         with stop, ckpt.lock_run_dir(run_dir):
             if not started(run_dir):
                 _hydra_record(run_dir, keep=True)
-            run(cfg, run_dir, stop=stop)
+            run(cfg, run_dir, stop=stop, sweep_dir=_sweep_dir())
         _hydra_record(run_dir, keep=True)
     except TrainingStopped as exc:
         _hydra_record(run_dir, keep=True)
@@ -200,14 +201,20 @@ def _continue_hint(run_dir: Path, stop: GracefulStop) -> str:
     preempt = "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
     if stop.hands_over and stop.signal_name == preempt:
         return "submitit takes over: it requeues the job, which resumes here"
-    hc = HydraConfig.get()
-    if hc.mode == RunMode.MULTIRUN:
+    sweep_dir = _sweep_dir()
+    if sweep_dir is not None:
         return ("To continue: run the same sweep again with "
-                f"{commands.override('hydra.sweep.dir', hc.sweep.dir)}; finished jobs only redo "
+                f"{commands.override('hydra.sweep.dir', sweep_dir)}; finished jobs only redo "
                 "their summary")
-    args = [o for o in hc.overrides.task if not o.startswith("hydra.run.dir=")]
+    args = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.run.dir=")]
     return ("To continue: " + shlex.join(["python", "-m", "grok.main", *args]) + " "
             + commands.override("hydra.run.dir", run_dir))
+
+
+def _sweep_dir() -> Path | None:
+    """The folder of the sweep this job belongs to (hydra.sweep.dir); None for a single run."""
+    hc = HydraConfig.get()
+    return Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
 
 
 if __name__ == "__main__":

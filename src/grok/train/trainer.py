@@ -82,9 +82,10 @@ def first_difference(saved: Any, wanted: Any, prefix: str = "") -> tuple[str, An
 
 
 def check_identity(saved: dict[str, Any], wanted: dict[str, Any], run_dir: Path,
-                   fresh_beside: Path | None = None) -> None:
+                   fresh_beside: Path | None = None, sweep_dir: Path | None = None) -> None:
     """Raise ResumeMismatch naming the first key where the saved run and this command differ,
-    and a folder beside `fresh_beside` (default run_dir) to start fresh in."""
+    and a folder beside `fresh_beside` (default run_dir) to start fresh in, or, for a job of the
+    sweep in `sweep_dir`, a fresh sweep folder."""
     found = first_difference(complete_identity(saved), complete_identity(wanted))
     if found is not None:
         key, had, has = found[0].removesuffix("."), found[1], found[2]
@@ -92,7 +93,7 @@ def check_identity(saved: dict[str, Any], wanted: dict[str, Any], run_dir: Path,
         raise ResumeMismatch(
             f"{run_dir} holds a run with {key}={had!r}, but this command has {key}={has!r}; "
             "repeat the original overrides to resume it, or start fresh elsewhere with "
-            f"{commands.elsewhere(fresh_beside or run_dir, digest.hexdigest()[:6])}")
+            f"{commands.elsewhere(fresh_beside or run_dir, digest.hexdigest()[:6], sweep_dir)}")
 
 
 @dataclass
