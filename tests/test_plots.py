@@ -82,3 +82,14 @@ def test_heatmap_ticks_label_every_checkpoint_or_the_one_at_t_grok(tmp_path, mon
     ticks, labels = seen[0]
     assert ticks == expected
     assert labels == [str(steps[i]) for i in ticks]
+
+
+@pytest.mark.parametrize(("model", "top"), [
+    ({"arch": "transformer", "d_model": 128, "n_ctx": 3}, 128),
+    ({"arch": "bilinear", "d_embed": 128, "d_hidden": 256}, 256),  # rank of the hidden layer
+    ({}, 4.0),  # an old report without the model: the largest rank seen
+])
+def test_the_rank_axis_spans_the_width_of_the_representation(model, top):
+    r = report(1000, 2000, 100)
+    r["model"] = model
+    assert plots._rank_ylim(r) == pytest.approx((0.0, top * 1.02))

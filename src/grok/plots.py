@@ -44,13 +44,16 @@ def training_curves(rows: list[dict], path: Path, title: str = "") -> Path:
 
 # ------------------------------------------------------------------------- grokking suite
 # Fixed y ranges so that figures of different runs line up: accuracy in [0, 1], rank in
-# [0, d_model], entropy in [0, ln(number of keys)] nats.
+# [0, width of the representation], entropy in [0, ln(number of keys)] nats.
 ACC_YLIM = (-0.02, 1.02)
 
 
 def _rank_ylim(report: dict) -> tuple[float, float]:
-    d_model = (report.get("model") or {}).get("d_model")
-    top = d_model if d_model else max(max(r["rank"]) for r in report["full_analyses"])
+    """[0, the largest rank possible]: the residual stream's width d_model for the transformer,
+    the hidden layer's d_hidden for the bilinear model (whose d_embed is not the width)."""
+    model = report.get("model") or {}
+    width = model.get("d_hidden") if model.get("arch") == "bilinear" else model.get("d_model")
+    top = width if width else max(max(r["rank"]) for r in report["full_analyses"])
     return (0.0, float(top) * 1.02)
 
 
