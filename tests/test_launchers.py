@@ -1,6 +1,7 @@
 """Sweeps through real launchers: submitit (local, with jobs preempted and requeued), joblib, and
 the seeds x splits preset end to end, interrupted and rerun until complete."""
 
+import contextlib
 import os
 import re
 import signal
@@ -126,48 +127,111 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("to_group", [True, False], ids=["group", "parent"])
-def test_sigterm_stops_a_joblib_sweep_and_leaves_no_process(tmp_path, to_group):
-    """SIGTERM to the process group (`kill -TERM -<pgid>`) or to the parent alone (a scheduler,
-    `kill <pid>`): the running jobs save their resume state, the queued one does not start, the
-    parent exits with 143 and one line, no worker (nor its W&B service) is left behind, and the
-    same command finishes the sweep."""
-    sweep = tmp_path / "sweep"
-    command = ("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2",
-               "task.p=11", "steps=600", "train.eval_every=10", "train.checkpoints=10",
-               "train.resume_every=500", "device=cpu", f"hydra.sweep.dir={sweep}")
-    proc = faults.start(*command, cwd=tmp_path)
+@contextlib.contextmanager
+def no_keyboard_interrupt():
+    """A KeyboardInterrupt in the block fails the test instead of ending the pytest session."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt")
+
+
+def test_a_joblib_sweeps_parent_passes_ctrl_c_on_instead_of_raising(monkeypatch):
+    """grok.launcher: in the parent, SIGINT (once or again) is passed on to the workers (as
+    SIGTERM) and raises no KeyboardInterrupt, at which joblib would SIGKILL every worker."""
+    from grok import launcher
+
+    passed_on = []
+    monkeypatch.setattr(launcher._SweepStop, "signal_workers",
+                        staticmethod(lambda: passed_on.append(True)))
+    stop = launcher._SweepStop()
+    stop.install()
+    try:
+        with no_keyboard_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        stop.uninstall()
+    assert stop.signum == signal.SIGINT and len(passed_on) == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_joblib_job_stopped_at_once_is_returned_and_its_worker_starts_no_other(monkeypatch):
+    """A second Ctrl-C stops a job at once (GracefulStop raises KeyboardInterrupt): its worker
+    returns that instead of raising it (joblib would SIGKILL the other workers), starts no
+    further job, and notes a later Ctrl-C between jobs instead of raising it."""
+    from grok import launcher
+    from grok.train import preemption
+
+    def interrupted_job(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launcher._core, "execute_job", interrupted_job)
+    monkeypatch.setattr(preemption, "_noted", None)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with no_keyboard_interrupt():
+            assert launcher._execute_job(0) == (
+                0, launcher._Stopped(signal.SIGINT, started=True, at_once=True))
+            assert launcher._execute_job(1) == (
+                1, launcher._Stopped(signal.SIGINT, started=False))
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def stop_sweep(proc, training, send) -> int:
+    """Once training() holds, send(proc) the stop signal(s); return the sweep's exit code, once
+    every process it had (workers, their W&B services, loky's trackers) is gone. A failed test
+    leaves nothing behind either."""
     started: set[int] = set()
     try:
-        jobs = [sweep / "0", sweep / "1"]
-        assert faults.wait_until(lambda: all(max(faults.metrics_steps(j), default=0) >= 20
-                                             for j in jobs), proc, timeout=600)
+        assert faults.wait_until(training, proc, timeout=600)
         started = processes_of(proc.pid)
         assert len(started) >= 5, started  # parent, 2 workers, 2 W&B services (+ trackers)
-        if to_group:
-            os.killpg(proc.pid, signal.SIGTERM)
-        else:
-            proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == 143, faults.output(proc)
+        send(proc)
+        code = proc.wait(timeout=120)
         deadline = time.monotonic() + 10
         while (survivors := {p for p in started | processes_of(proc.pid) if alive(p)}) \
                 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not survivors, faults.output(proc)
-    finally:  # a failed test leaves nothing behind either
+        return code
+    finally:
         for pid in started | processes_of(proc.pid):
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=60)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+@pytest.mark.parametrize("to_group", [True, False], ids=["group", "parent"])
+def test_a_stop_signal_stops_a_joblib_sweep_and_leaves_no_process(tmp_path, sig, to_group):
+    """SIGTERM or SIGINT to the process group (Ctrl-C at a terminal, `kill -TERM -<pgid>`) or to
+    the parent alone (a scheduler, `kill <pid>`): the running jobs save their resume state, the
+    queued one does not start, the parent exits with 128 + the signal and one line, no worker
+    (nor its W&B service) is left behind, and the same command finishes the sweep."""
+    sweep = tmp_path / "sweep"
+    command = ("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2",
+               "task.p=11", "steps=600", "train.eval_every=10", "train.checkpoints=10",
+               "train.resume_every=500", "device=cpu", f"hydra.sweep.dir={sweep}")
+    proc = faults.start(*command, cwd=tmp_path)
+    jobs = [sweep / "0", sweep / "1"]
+    send = (lambda p: os.killpg(p.pid, sig)) if to_group else (lambda p: p.send_signal(sig))
+    assert stop_sweep(proc, lambda: all(max(faults.metrics_steps(j), default=0) >= 20
+                                        for j in jobs), send) == 128 + sig, faults.output(proc)
     out = faults.output(proc)
+    assert "Traceback" not in out, out
     last = out.strip().splitlines()[-1]
-    assert re.fullmatch(r"sweep stopped by SIGTERM: 2 running job\(s\) saved their resume "
+    assert re.fullmatch(rf"sweep stopped by {sig.name}: 2 running job\(s\) saved their resume "
                         r"state, 0 finished, 1 not started\. To continue: run the same sweep "
                         rf"again with hydra.sweep.dir={re.escape(str(sweep))}", last), out
-    assert out.count("stopped by SIGTERM after step") == 2
+    # a job takes the signal that reached it first: the parent passes on SIGTERM
+    assert out.count(f"stopped by {(sig if to_group else signal.SIGTERM).name} after step") == 2
     steps = [ckpt.load_resume_state(j)["step"] for j in jobs]
-    assert all(20 <= s < 600 for s in steps), steps
+    assert all(20 <= s < 600 for s in steps), steps  # resume_every=500: saved by the stop
     assert not (sweep / "2").exists()  # the queued job did not start
 
     out = faults.finish(faults.start(*command, cwd=tmp_path), timeout=600)
@@ -175,6 +239,46 @@ def test_sigterm_stops_a_joblib_sweep_and_leaves_no_process(tmp_path, to_group):
     assert out.count("done: train acc") == 3
     for seed in range(3):
         assert faults.read_rows(sweep / str(seed))[-1]["step"] == 600
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_stops_the_jobs_of_a_joblib_sweep_at_once(tmp_path):
+    """Ctrl-C twice at a terminal (SIGINT to the process group, again once every job took the
+    first): as in a single run, the jobs stop at once without saving, here with neither a
+    traceback nor a process left behind; the sweep exits with 130 and the same command goes on
+    from each job's last periodic resume state. The model is large enough that the step and the
+    save after the first Ctrl-C take a while, and the jobs are past their periodic save at step
+    20, so that the second Ctrl-C comes before they are done."""
+    sweep = tmp_path / "sweep"
+    command = ("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2",
+               "task.p=11", "steps=60", "model.d_model=512", "model.d_mlp=2048",
+               "train.eval_every=5", "train.checkpoints=2", "train.resume_every=20",
+               "analysis=none", "device=cpu", f"hydra.sweep.dir={sweep}")
+    proc = faults.start(*command, cwd=tmp_path)
+    jobs = [sweep / "0", sweep / "1"]
+
+    def ctrl_c_twice(p):
+        os.killpg(p.pid, signal.SIGINT)
+        # both jobs took the first one (two SIGINTs still pending in a process make one)
+        assert faults.wait_until(lambda: faults.output(p).count(
+            "SIGINT received: saving the resume state") == 2, p, timeout=60)
+        os.killpg(p.pid, signal.SIGINT)
+
+    assert stop_sweep(proc, lambda: all(max(faults.metrics_steps(j), default=0) >= 25
+                                        for j in jobs), ctrl_c_twice) == 130, faults.output(proc)
+    out = faults.output(proc)
+    assert "Traceback" not in out and "stopped by SIGINT after step" not in out, out
+    assert re.fullmatch(r"sweep stopped by SIGINT: 0 running job\(s\) saved their resume state, "
+                        r"2 stopped at once \(they continue from their last resume state\), 0 "
+                        r"finished, 1 not started\. To continue: run the same sweep again with "
+                        rf"hydra.sweep.dir={re.escape(str(sweep))}",
+                        out.strip().splitlines()[-1]), out
+    steps = [ckpt.load_resume_state(j)["step"] for j in jobs]
+    assert all(s % 20 == 0 for s in steps), steps  # periodic states only
+
+    out = faults.finish(faults.start(*command, cwd=tmp_path), timeout=600)
+    assert sorted(re.findall(r"resuming at step (\d+)", out)) == sorted(str(s) for s in steps)
+    assert out.count("done: train acc") == 3
 
 
 @pytest.mark.slow

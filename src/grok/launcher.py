@@ -1,20 +1,29 @@
-"""`hydra/launcher=joblib`: Hydra's joblib launcher, made stoppable by SIGTERM (the launcher class
-is hydra_plugins.grok_joblib_launcher.joblib_launcher.JoblibLauncher: Hydra takes plugins only
-from the hydra_plugins package).
+"""`hydra/launcher=joblib`: Hydra's joblib launcher, made stoppable by SIGTERM and Ctrl-C (the
+launcher class is hydra_plugins.grok_joblib_launcher.joblib_launcher.JoblibLauncher: Hydra takes
+plugins only from the hydra_plugins package).
 
 The plugin runs each job in a loky worker process and leaves signals alone. Its parent process
 then died at once on SIGTERM (the default action) while the workers, which save their run on the
 signal (GracefulStop), stayed behind with nobody to collect them: loky shuts idle workers down
-only after 300 s, and their W&B services and loky's resource trackers stayed with them. And
-joblib reacts to the first job that raises (as a stopped job does, SystemExit(143)) by SIGKILLing
-every other worker, possibly in the middle of its save.
+only after 300 s, and their W&B services and loky's resource trackers stayed with them. On Ctrl-C
+the parent's KeyboardInterrupt made joblib SIGKILL every worker within a second, whether or not
+its job had saved yet. And joblib reacts to the first job that raises (as a stopped job does,
+SystemExit(143)) by SIGKILLing every other worker, possibly in the middle of its save.
 
-Here the parent catches SIGTERM (to the whole process group, as `kill -TERM -<pgid>`, or to the
-parent alone, as from a scheduler), passes it on to every worker and waits: each running job
-saves its resume state and returns (instead of raising); a job that had not started does not
-start. Then the parent prints one line and exits with 128 + the signal, its exit handler (loky's)
-shuts the idle workers down, their W&B services end with them, and the same sweep command
-resumes. Ctrl-C (SIGINT) keeps joblib's own handling.
+Here the parent catches SIGTERM and SIGINT, sent to the whole process group (Ctrl-C at a
+terminal, `kill -TERM -<pgid>`) or to the parent alone (a scheduler, `kill <pid>`), passes a
+SIGTERM on to every worker and waits: each running job saves its resume state and returns
+(instead of raising); a job that had not started does not start. Then the parent prints one line
+and exits with 128 + the signal, its exit handler (loky's) shuts the idle workers down, their W&B
+services end with them, and the same sweep command resumes. A second Ctrl-C at a terminal reaches
+the jobs themselves and stops them at once, as it stops a single run (GracefulStop); the parent
+still collects them and exits the same way. A repeated signal to the parent alone changes nothing:
+the parent cannot tell it from a Ctrl-C that also reached the jobs, and passing on a SIGINT would
+then interrupt them a second time, in the middle of closing their runs.
+
+A job that fails (its error printed by main()) stops the sweep the same way: the other running
+jobs save and stop, the queued ones do not start, and the sweep exits with 1 naming the failed
+job, as a sequential sweep ends at a failed job.
 """
 
 from __future__ import annotations
@@ -47,9 +56,11 @@ STOP_CODES = {128 + int(s): s for s in (signal.SIGTERM, signal.SIGINT, signal.SI
 @dataclass
 class _Stopped:
     """What a worker returns instead of raising for a job stopped by a signal (or not started
-    after one): joblib would answer a raised SystemExit by killing every other worker."""
+    after one): joblib would answer a raised SystemExit by killing every other worker. at_once:
+    a second Ctrl-C stopped the job without saving; it continues from its last resume state."""
     signum: int
     started: bool
+    at_once: bool = False
 
 
 @dataclass
@@ -63,7 +74,8 @@ class _Failed:
 def _execute_job(idx: int, *args: Any) -> tuple[int, JobReturn | _Stopped | _Failed]:
     """(idx, the plugin's execute_job(*args)), in a worker; the job is not started once a stop
     signal reached this worker, one stopped by a signal (main() saved it and raised
-    SystemExit(128 + signal)) returns _Stopped, one that exited otherwise _Failed."""
+    SystemExit(128 + signal), or a second Ctrl-C interrupted it) returns _Stopped, one that exited
+    otherwise _Failed."""
     if preemption.noted_signal() is not None:
         return idx, _Stopped(preemption.noted_signal(), started=False)
     try:
@@ -74,6 +86,11 @@ def _execute_job(idx: int, *args: Any) -> tuple[int, JobReturn | _Stopped | _Fai
             return idx, _Failed(exc.code if isinstance(exc.code, int) else 1)
         preemption.note_stop_signals(received=signum)  # later jobs here do not start
         return idx, _Stopped(signum, started=True)
+    except KeyboardInterrupt:
+        # a second Ctrl-C (GracefulStop stops the run at once, as in a single run); raised, it would
+        # reach joblib, which answers it by killing every other worker
+        preemption.note_stop_signals(received=signal.SIGINT)
+        return idx, _Stopped(signal.SIGINT, started=True, at_once=True)
 
 
 def launch(launcher: JoblibLauncher, job_overrides: Sequence[Sequence[str]],
@@ -97,9 +114,9 @@ def launch(launcher: JoblibLauncher, job_overrides: Sequence[Sequence[str]],
 
     stop = _SweepStop()
     results: dict[int, JobReturn | _Stopped | _Failed] = {}
-    # initializer: a worker notes SIGTERM between jobs (by default it dies of it, and joblib
-    # answers a dead worker by killing all the others). Unordered results: a job stopped by a
-    # signal to its worker alone stops the others at once, not after the jobs listed before it.
+    # initializer: a worker notes SIGTERM and SIGINT between jobs (by default it dies of them,
+    # and loky answers a dead worker by killing all the others). Unordered results: a job stopped
+    # by a signal to its worker alone stops the others at once, not after the jobs before it.
     stop.install()
     try:
         outputs = Parallel(**joblib_cfg, return_as="generator_unordered",
@@ -122,17 +139,21 @@ def launch(launcher: JoblibLauncher, job_overrides: Sequence[Sequence[str]],
     finally:
         if stop.signum is None:
             stop.uninstall()
-        # else the handler stays: a repeated SIGTERM must not kill this process before loky's
-        # exit handler has shut the (now idle) workers down, or they would be orphaned again
+        # else the handlers stay: a repeated SIGTERM or Ctrl-C must not end this process before
+        # loky's exit handler has shut the (now idle) workers down, or they would be orphaned
     if len(results) == len(job_overrides) and all(isinstance(r, JobReturn)
                                                   for r in results.values()):
         return [results[i] for i in range(len(job_overrides))]  # type: ignore[misc]
     stopped = [r for r in results.values() if isinstance(r, _Stopped)]
     failed = [initial_job_idx + i for i, r in sorted(results.items()) if isinstance(r, _Failed)]
-    saved = sum(r.started for r in stopped)
+    saved = sum(r.started and not r.at_once for r in stopped)
+    at_once = sum(r.at_once for r in stopped)
     finished = sum(isinstance(r, JobReturn) for r in results.values())
-    counts = (f"{saved} running job(s) saved their resume state, {finished} finished, "
-              f"{len(job_overrides) - finished - saved - len(failed)} not started")
+    counts = f"{saved} running job(s) saved their resume state, "
+    if at_once:
+        counts += f"{at_once} stopped at once (they continue from their last resume state), "
+    counts += (f"{finished} finished, "
+               f"{len(job_overrides) - finished - saved - at_once - len(failed)} not started")
     again = f"run the same sweep again with {commands.override('hydra.sweep.dir', sweep_dir)}"
     if failed:
         print(f"sweep stopped: job(s) {', '.join(f'#{n}' for n in failed)} failed (the error is "
@@ -145,29 +166,34 @@ def launch(launcher: JoblibLauncher, job_overrides: Sequence[Sequence[str]],
 
 
 class _SweepStop:
-    """In the sweep's parent: SIGTERM is passed on to every worker (where GracefulStop saves the
-    running job and _execute_job skips the queued ones) instead of killing this process."""
+    """In the sweep's parent: SIGTERM and SIGINT are passed on to every worker as SIGTERM (where
+    GracefulStop saves the running job and _execute_job skips the queued ones) instead of ending
+    this process (SIGINT, as KeyboardInterrupt, made joblib SIGKILL every worker)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self.previous: Any = None
+        self.previous: dict[int, Any] = {}
 
     def install(self) -> None:
-        self.previous = signal.signal(signal.SIGTERM, self._handle)
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
 
     def uninstall(self) -> None:
-        signal.signal(signal.SIGTERM, self.previous)
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.signum is None:
             print(f"{signal.Signals(signum).name} received: the running jobs save their resume "
-                  "state and stop, the others do not start", file=sys.stderr, flush=True)
+                  "state and stop, the others do not start (Ctrl-C again to stop them at once)",
+                  file=sys.stderr, flush=True)
         self.stop_workers(signum)
 
     def stop_workers(self, signum: int) -> None:
-        """Send SIGTERM to every worker: after a signal to the whole group, again (a worker takes
-        a repeated SIGTERM as one, see GracefulStop); SIGTERM also when a job was stopped by
-        another signal sent to its worker alone (a second SIGINT would stop a job at once)."""
+        """Send SIGTERM to every worker, whatever the signal: after a signal to the whole group,
+        again (a worker takes a repeated SIGTERM as one, see GracefulStop, where a second SIGINT
+        would stop its job at once, which only a second Ctrl-C at the terminal should do)."""
         if self.signum is None:
             self.signum = signum
         self.signal_workers()

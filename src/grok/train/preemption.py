@@ -13,8 +13,9 @@ terminal sends SIGINT on Ctrl-C. Signal handlers can only be installed from the 
 elsewhere (a threaded launcher) GracefulStop is inactive and says so.
 
 A joblib sweep's worker runs one job after another (grok.launcher): note_stop_signals() makes it
-note a SIGTERM that arrives between its runs instead of dying of it; the runs it would start
-after one do not start, and one that is starting stops at its first step boundary.
+note a SIGTERM (passed on by the sweep's parent) or a SIGINT (Ctrl-C reaches every process of the
+terminal's foreground group) that arrives between its runs instead of dying of it; the runs it
+would start after one do not start, and one that is starting stops at its first step boundary.
 """
 
 from __future__ import annotations
@@ -34,12 +35,15 @@ _noted: int | None = None  # a stop signal this process received outside a Grace
 
 
 def note_stop_signals(received: int | None = None) -> None:
-    """From now on, SIGTERM outside a GracefulStop is noted (noted_signal()) instead of killing
-    this process; note `received` too. For a joblib worker (grok.launcher)."""
+    """From now on, SIGTERM and SIGINT outside a GracefulStop are noted (noted_signal()) instead
+    of ending this process; note `received` too. For a joblib worker (grok.launcher): loky answers
+    a worker that dies of one (or exits on the KeyboardInterrupt that SIGINT raises while it waits
+    for a job) by ending all the other workers."""
     global _noted
     if _noted is None:
         _noted = received
-    signal.signal(signal.SIGTERM, _note)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _note)
 
 
 def _note(signum: int, frame: FrameType | None) -> None:

@@ -1,4 +1,4 @@
-"""grok's joblib launcher (joblib_launcher.py): the plugin's, stoppable by SIGTERM."""
+"""grok's joblib launcher (joblib_launcher.py): the plugin's, stoppable by SIGTERM and Ctrl-C."""
 
 from hydra.core.plugins import Plugins
 

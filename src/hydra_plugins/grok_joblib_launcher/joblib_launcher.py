@@ -1,5 +1,6 @@
-"""The launcher of `hydra/launcher=joblib`: the plugin's, stoppable by SIGTERM (grok.launcher).
-It is here because Hydra instantiates launchers only from the hydra_plugins package."""
+"""The launcher of `hydra/launcher=joblib`: the plugin's, stoppable by SIGTERM and Ctrl-C
+(grok.launcher). It is here because Hydra instantiates launchers only from the hydra_plugins
+package."""
 
 from collections.abc import Sequence
 
