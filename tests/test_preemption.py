@@ -146,7 +146,7 @@ def test_a_worker_notes_sigterm_between_runs_and_its_next_run_stops_at_once(monk
     from grok.train import preemption
 
     monkeypatch.setattr(preemption, "_noted", None)
-    old = signal.getsignal(signal.SIGTERM)
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         preemption.note_stop_signals()
         assert preemption.noted_signal() is None
@@ -156,5 +156,6 @@ def test_a_worker_notes_sigterm_between_runs_and_its_next_run_stops_at_once(monk
         assert preemption.noted_signal() == signal.SIGTERM
         with GracefulStop() as stop:
             assert stop.requested and stop.signal_name == "SIGTERM"
-    finally:
-        signal.signal(signal.SIGTERM, old)
+    finally:  # both handlers: a noted SIGINT would leave pytest deaf to Ctrl-C
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
