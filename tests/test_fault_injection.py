@@ -2,6 +2,7 @@
 restarted with the same command: the finished run must equal an uninterrupted one bit for bit."""
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -114,6 +115,34 @@ def test_sigterm_and_ctrl_c_stop_cleanly_and_resume_into_the_same_wandb_run(tmp_
     logged = [(h["step"], h["test/acc"], h["train/loss"]) for h in history if "test/acc" in h]
     rows = faults.read_rows(baseline_reference)
     assert logged == [(r["step"], r["test/acc"], r["train/loss"]) for r in rows]
+
+
+def test_a_second_ctrl_c_stops_a_run_at_once_with_one_line(tmp_path):
+    """Ctrl-C twice: the run stops at once without saving (exit 130), says so in one line with the
+    command that continues it (no traceback), keeps its .hydra record, and that command resumes
+    from the last periodic resume state. The model is large enough that the save after the first
+    Ctrl-C takes a while, so that the second one comes before it is done."""
+    run_dir = tmp_path / "run"
+    command = ("task.p=11", "steps=60", "model.d_model=512", "model.d_mlp=2048",
+               "train.eval_every=5", "train.checkpoints=2", "train.resume_every=20",
+               "analysis=none", "logger=none", "device=cpu", f"hydra.run.dir={run_dir}")
+    proc = faults.start(*command, cwd=tmp_path)
+    assert faults.wait_until(lambda: max(faults.metrics_steps(run_dir), default=0) >= 25, proc)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C at a terminal signals the whole group
+    assert faults.wait_until(lambda: "SIGINT received: saving" in faults.output(proc), proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, faults.output(proc)
+    out = faults.output(proc)
+    assert "Traceback" not in out and "stopped by SIGINT after step" not in out, out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("stopped at once by Ctrl-C: the steps since the last resume state are "
+                           "lost. To continue: python -m grok.main task.p=11"), out
+    assert ckpt.load_resume_state(run_dir)["step"] in (20, 40)  # a periodic state: none at the stop
+    record = run_dir / ".hydra"
+    assert (record / "config.yaml").read_text() == (record / "accepted" / "config.yaml").read_text()
+
+    out = faults.finish(faults.start(*command, cwd=tmp_path))
+    assert "resuming at step" in out and "done: train acc" in out
 
 
 @pytest.mark.slow

@@ -157,14 +157,14 @@ def test_a_joblib_sweeps_parent_passes_ctrl_c_on_instead_of_raising(monkeypatch)
 
 
 def test_a_joblib_job_stopped_at_once_is_returned_and_its_worker_starts_no_other(monkeypatch):
-    """A second Ctrl-C stops a job at once (GracefulStop raises KeyboardInterrupt): its worker
-    returns that instead of raising it (joblib would SIGKILL the other workers), starts no
-    further job, and notes a later Ctrl-C between jobs instead of raising it."""
+    """A second Ctrl-C stops a job at once (main() raises StoppedAtOnce): its worker returns
+    that instead of raising it (joblib would SIGKILL the other workers), starts no further job,
+    and notes a later Ctrl-C between jobs instead of raising it."""
     from grok import launcher
     from grok.train import preemption
 
     def interrupted_job(*args):
-        raise KeyboardInterrupt
+        raise preemption.StoppedAtOnce()
 
     monkeypatch.setattr(launcher._core, "execute_job", interrupted_job)
     monkeypatch.setattr(preemption, "_noted", None)

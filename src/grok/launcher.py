@@ -74,8 +74,8 @@ class _Failed:
 def _execute_job(idx: int, *args: Any) -> tuple[int, JobReturn | _Stopped | _Failed]:
     """(idx, the plugin's execute_job(*args)), in a worker; the job is not started once a stop
     signal reached this worker, one stopped by a signal (main() saved it and raised
-    SystemExit(128 + signal), or a second Ctrl-C interrupted it) returns _Stopped, one that exited
-    otherwise _Failed."""
+    SystemExit(128 + signal), or StoppedAtOnce after a second Ctrl-C) returns _Stopped, one that
+    exited otherwise _Failed."""
     if preemption.noted_signal() is not None:
         return idx, _Stopped(preemption.noted_signal(), started=False)
     try:
@@ -85,12 +85,8 @@ def _execute_job(idx: int, *args: Any) -> tuple[int, JobReturn | _Stopped | _Fai
         if signum is None:
             return idx, _Failed(exc.code if isinstance(exc.code, int) else 1)
         preemption.note_stop_signals(received=signum)  # later jobs here do not start
-        return idx, _Stopped(signum, started=True)
-    except KeyboardInterrupt:
-        # a second Ctrl-C (GracefulStop stops the run at once, as in a single run); raised, it would
-        # reach joblib, which answers it by killing every other worker
-        preemption.note_stop_signals(received=signal.SIGINT)
-        return idx, _Stopped(signal.SIGINT, started=True, at_once=True)
+        return idx, _Stopped(signum, started=True,
+                             at_once=isinstance(exc, preemption.StoppedAtOnce))
 
 
 def launch(launcher: JoblibLauncher, job_overrides: Sequence[Sequence[str]],

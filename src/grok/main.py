@@ -30,7 +30,7 @@ from grok.files import disk_full, remove_if_unused
 from grok.tracking import Logger
 from grok.train import checkpoint as ckpt
 from grok.train.multiseed import SeedBatch
-from grok.train.preemption import GracefulStop, StoppedAfterTraining
+from grok.train.preemption import GracefulStop, StoppedAfterTraining, StoppedAtOnce
 from grok.train.summary import summarize, summary_line
 from grok.train.trainer import DamagedMetrics, ResumeMismatch, TrainingStopped
 
@@ -59,7 +59,7 @@ def run(cfg: Config, run_dir: Path, logger: Logger | None = None,
         summary = finish(cfg, parts, rows, device)
         exit_code = 0
         return summary
-    except (TrainingStopped, StoppedAfterTraining):
+    except (TrainingStopped, StoppedAfterTraining, KeyboardInterrupt):
         exit_code = _stopped_exit_code(stop)
         raise
     finally:
@@ -99,7 +99,7 @@ def run_seeds(cfg: Config, run_dir: Path, loggers: list[Logger] | None = None,
         summaries = [finish(c, p, rows, device) for c, p, rows in zip(cfgs, parts, all_rows)]
         exit_code = 0
         return summaries
-    except (TrainingStopped, StoppedAfterTraining):
+    except (TrainingStopped, StoppedAfterTraining, KeyboardInterrupt):
         exit_code = _stopped_exit_code(stop)
         raise
     finally:
@@ -179,6 +179,18 @@ def main(dcfg: DictConfig) -> None:
               file=sys.stderr, flush=True)
         stop.hand_over()  # under submitit: the requeued job redoes the summary and analysis
         raise SystemExit(128 + (stop.signum or 0)) from None
+    except KeyboardInterrupt:
+        # A second Ctrl-C (GracefulStop), or one before the run began: nothing was saved now,
+        # and this command may not have passed the resume checks, so the directory keeps the
+        # record of the last command that did (as for a refused command).
+        _hydra_record(run_dir, keep=False)
+        if ckpt.has_resume_state(run_dir):
+            where = ("the steps since the last resume state are lost. "
+                     + _continue_hint(run_dir, stop))
+        else:
+            where = "no resume state was saved yet"
+        print(f"stopped at once by Ctrl-C: {where}", file=sys.stderr, flush=True)
+        raise StoppedAtOnce() from None
     except GrokError as exc:
         if isinstance(exc, (ResumeMismatch, ckpt.RunDirBusy, DamagedMetrics)):
             _hydra_record(run_dir, keep=False)

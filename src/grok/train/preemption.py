@@ -56,6 +56,14 @@ def noted_signal() -> int | None:
     return _noted
 
 
+class StoppedAtOnce(SystemExit):
+    """The exit of a run that a second Ctrl-C stopped at once, without saving (status 130): a
+    joblib sweep's worker tells it from a run that saved its resume state before exiting."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGINT)
+
+
 class StoppedAfterTraining(BaseException):
     """A stop signal after training finished (during the analyses): there is no step to finish,
     so it interrupts at once. A BaseException, like KeyboardInterrupt, so that no `except
