@@ -100,12 +100,14 @@ AnalysisSuite = Callable[[Path, torch.device], int]
 
 
 def forward_suite(run_dir: Path, device: torch.device) -> int:
-    """The shared forward pass every analysis starts from: load, run the full probe set."""
+    """The shared forward pass every analysis starts from, as the scan runs it: the probe set
+    built once from split.pt, then each checkpoint loaded (checksum verified) and run on it."""
+    split = load_split(run_dir / "split.pt")
+    probe = Probe.full(build_task(split.task["op"], split.task["p"]), split, device)
     checkpoints = ckpt.list_checkpoints(run_dir)
     for step, path in checkpoints:
         _, model = load_model(path, device)
-        task = build_task(**ckpt.load_checkpoint(path)["task"])
-        forward_pass(model, Probe.full(task, load_split(run_dir / "split.pt", task), device), step)
+        forward_pass(model, probe, step)
     return len(checkpoints)
 
 
