@@ -139,3 +139,11 @@ def test_rerunning_a_finished_run_writes_its_final_checkpoint_again(copy, caplog
     assert f"{path} was " in caplog.text
     assert f"wrote it again from the resume state at step {final}" in caplog.text
     assert report_of(copy)["checkpoint_steps"][-1] == final
+
+
+def test_an_empty_checkpoint_is_refused_with_one_line_naming_what_torch_said(copy):
+    _, path = ckpt.list_checkpoints(copy)[2]
+    path.write_bytes(b"")
+    with pytest.raises(ckpt.DamagedCheckpoint) as err:
+        ckpt.load_checkpoint(path)
+    assert err.value.reason == "unreadable (EOFError: empty file)"  # torch's EOFError says nothing

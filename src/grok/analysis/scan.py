@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from grok.analysis.base import Analyzer, Probe, Result, forward_pass, load_model
+from grok.errors import brief
 from grok.progress import progress_enabled
 from grok.train.checkpoint import DamagedCheckpoint
 
@@ -45,9 +46,7 @@ def load_or_reason(path: Path, device: torch.device):
     except (torch.cuda.OutOfMemoryError, DamagedCheckpoint):
         raise
     except Exception as exc:  # a foreign file: wrong or missing keys, another architecture
-        # the first sentence: torch's messages go on for a paragraph of advice
-        first = str(exc).splitlines()[0].split(". ")[0].rstrip(".") if str(exc) else ""
-        return f"{type(exc).__name__}: {first}"
+        return brief(exc)
 
 
 def _analyse(model, step: int, probe: Probe, analyzers: Sequence[Analyzer], batch: int) -> Result:

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from grok.errors import GrokError
+from grok.errors import GrokError, brief
 from grok.files import temp_file_beside
 
 CHECKPOINT_DIR = "checkpoints"
@@ -246,9 +246,7 @@ def _read_verified(path: Path, map_location: str | torch.device) -> dict:
     try:
         contents = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, garbage, empty file, ...
-        # the first sentence: torch's messages go on for a paragraph of advice
-        first = (str(exc).splitlines() or ["empty file"])[0].split(". ")[0].rstrip(".")[:120]
-        raise DamagedCheckpoint(path, f"unreadable ({type(exc).__name__}: {first})") from None
+        raise DamagedCheckpoint(path, f"unreadable ({brief(exc, 'empty file')})") from None
     if not isinstance(contents, dict) or "step" not in contents:
         raise DamagedCheckpoint(path, "not a checkpoint: no step")
     saved = contents.pop(_CHECKSUM_KEY, None)
