@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,6 +50,35 @@ TINY = ("task.p=7", "steps=40", "train.eval_every=10", "train.checkpoints=6",
 
 def tiny_config(*overrides: str) -> Config:
     return compose_config(*TINY, *overrides)
+
+
+@contextlib.contextmanager
+def no_keyboard_interrupt():
+    """A KeyboardInterrupt in the block fails the test instead of ending the pytest session."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt")
+
+
+@pytest.fixture
+def cli_logging():
+    """For a test that runs an entry point's main() in this process: main() sets up the "grok"
+    logger for a terminal (its own stderr handler, not propagated); put it back afterwards so
+    that later tests' caplog sees the warnings again."""
+    logger = logging.getLogger("grok")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+
+
+def ctrl_c(*args, **kwargs):
+    """Stands in for a function of the code under test: Ctrl-C arrives while it runs (SIGINT to
+    this process, which Python's handler turns into a KeyboardInterrupt)."""
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(10)  # the KeyboardInterrupt comes first
+    raise AssertionError("SIGINT did not interrupt")
 
 
 def run_cli(*args: str, cwd: Path, module: str = "grok.main", env: dict | None = None,

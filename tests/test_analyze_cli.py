@@ -1,14 +1,18 @@
 """`python -m grok.analyze`: post-hoc analysis of a CLI-trained run, and its error messages."""
 
 import json
+import shlex
 import shutil
+import sys
 
 import pytest
 from hydra import compose, initialize_config_module
 
+from grok.analysis import runner
 from grok.analyze import analyze, to_analyze_config
+from grok.analyze import main as analyze_main
 from grok.config import ConfigError
-from tests.conftest import compose_config, run_cli
+from tests.conftest import compose_config, ctrl_c, no_keyboard_interrupt, run_cli
 from tests.wandb_records import history, offline_runs, read_records, run_record
 
 
@@ -56,6 +60,32 @@ def test_cli_post_hoc_analysis_with_forced_t_grok_logs_an_analysis_wandb_run(cli
         f"error: run directory {tmp_path / 'nope'} not found; pass the folder of a training "
         "run, e.g. run_dir=outputs/runs/<date>/<time>"]
     assert not (tmp_path / "nope").exists()
+
+
+@pytest.mark.usefixtures("cli_logging")
+def test_ctrl_c_stops_an_analysis_with_one_line_and_the_command_that_redoes_it(
+        cli_run, tmp_path, monkeypatch, capsys):
+    """Ctrl-C during the trajectory step of analysis=full: exit 130 and one line, no traceback;
+    the grokking step's files, written before it, are whole."""
+    monkeypatch.setattr(runner, "run_trajectory_suite", ctrl_c)
+    monkeypatch.chdir(tmp_path)
+    shutil.rmtree(cli_run / "analysis")
+    run_dir = tmp_path / "a run"
+    cli_run.rename(run_dir)
+    monkeypatch.setattr(sys, "argv", ["grok.analyze", f"run_dir='{run_dir}'", "analysis=full",
+                                      "logger=none", "progress=false", "device=cpu"])
+    with no_keyboard_interrupt(), pytest.raises(SystemExit) as stopped:
+        analyze_main()
+    assert stopped.value.code == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.splitlines()[-1:] == [
+        "stopped by Ctrl-C before the analysis finished: its files on disk are whole, but some "
+        "may be those of an earlier analysis. To redo it: python -m grok.analyze "
+        + shlex.quote(f"run_dir='{run_dir}'") + " analysis=full logger=none progress=false "
+        "device=cpu"]
+    report = json.loads((run_dir / "analysis" / "post_analysis.json").read_text())
+    assert report["checkpoint_steps"][-1] == 40
+    assert not (run_dir / "analysis" / "trajectory").exists()
 
 
 def test_config_errors(cli_run, capsys):

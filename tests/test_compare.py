@@ -2,7 +2,9 @@
 
 import csv
 import json
+import shlex
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,7 @@ from grok.compare import (
 )
 from grok.config import ConfigError
 from grok.tracking import InMemoryLogger, NullLogger
-from tests.conftest import tiny_config
+from tests.conftest import ctrl_c, no_keyboard_interrupt, tiny_config
 
 
 def fake_report(t_grok, acc_before=0.1, acc_after=0.9):
@@ -238,6 +240,35 @@ def test_a_preset_sweep_lists_its_jobs_in_hydra_job_order_not_by_name(tmp_path):
         (tmp_path / name / ".hydra" / "hydra.yaml").write_text(
             f"hydra:\n  job:\n    name: main\n    num: {num}\n")
     assert [d.name for d in runs_under(tmp_path)] == list(jobs)
+
+
+@pytest.mark.usefixtures("cli_logging")
+@pytest.mark.parametrize("during", ["run_analysis", "plots"])
+def test_ctrl_c_stops_a_comparison_with_one_line_and_the_command_that_redoes_it(
+        two_runs, tmp_path, monkeypatch, capsys, during):
+    """Ctrl-C while a run without analysis is analysed, or while the figures are drawn (the
+    tables are written): exit 130 and one line, no traceback; an output folder with nothing
+    of the comparison in it is removed, one with part of it is named."""
+    if during == "plots":
+        for run_dir in two_runs:
+            run_analysis(run_dir, "grokking", AnalysisSettings(), torch.device("cpu"),
+                         NullLogger(), False)
+        monkeypatch.setattr(compare_module.plots, "compare_figures", ctrl_c)
+    else:
+        monkeypatch.setattr(compare_module, "run_analysis", ctrl_c)
+    out = tmp_path / "out"
+    args = [f"sweep={two_runs[0].parent}", "logger=none", "progress=false", "device=cpu",
+            f"hydra.run.dir={out}"]
+    monkeypatch.setattr(sys, "argv", ["grok.compare", *args])
+    with no_keyboard_interrupt(), pytest.raises(SystemExit) as stopped:
+        compare_module.main()
+    assert stopped.value.code == 130
+    err = capsys.readouterr().err
+    left = f" ({out} holds an unfinished comparison)" if during == "plots" else ""
+    assert "Traceback" not in err and err.splitlines()[-1:] == [
+        f"stopped by Ctrl-C before the comparison finished{left}; the analyses it ran on runs "
+        "that had none are kept. To redo it: python -m grok.compare " + shlex.join(args)]
+    assert out.exists() == (during == "plots")
 
 
 def test_compare_opens_a_wandb_run_of_job_type_compare(tiny_runs, tmp_path, monkeypatch):

@@ -1,7 +1,6 @@
 """Sweeps through real launchers: submitit (local, with jobs preempted and requeued), joblib, and
 the seeds x splits preset end to end, interrupted and rerun until complete."""
 
-import contextlib
 import os
 import re
 import signal
@@ -15,7 +14,7 @@ from grok.main import run
 from grok.tracking import NullLogger
 from grok.train import checkpoint as ckpt
 from tests import faults
-from tests.conftest import compose_config, run_cli
+from tests.conftest import compose_config, no_keyboard_interrupt, run_cli
 from tests.wandb_records import offline_runs, read_records, run_record
 
 SMALL = ("task.p=11", "steps=200", "train.eval_every=10", "train.checkpoints=10",
@@ -125,15 +124,6 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
-
-
-@contextlib.contextmanager
-def no_keyboard_interrupt():
-    """A KeyboardInterrupt in the block fails the test instead of ending the pytest session."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        pytest.fail("KeyboardInterrupt")
 
 
 def test_a_joblib_sweeps_parent_passes_ctrl_c_on_instead_of_raising(monkeypatch):

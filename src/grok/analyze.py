@@ -18,6 +18,7 @@ from typing import Any
 
 import hydra
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
@@ -176,6 +177,13 @@ def main(dcfg: DictConfig) -> None:
     except GrokError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        # every analysis file is renamed into place whole, so only its completeness is in doubt
+        print("stopped by Ctrl-C before the analysis finished: its files on disk are whole, but "
+              "some may be those of an earlier analysis. To redo it: "
+              + commands.typed("grok.analyze", HydraConfig.get().overrides.task),
+              file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

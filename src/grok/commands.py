@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
 
 # Characters Hydra reads unquoted in a value and a shell leaves alone; anything else (a space,
@@ -23,6 +24,12 @@ def override(key: str, value: object) -> str:
 
 def _escape_quote(match: re.Match) -> str:
     return match.group(1) * 2 + ("\\'" if match.group(2) else "")
+
+
+def typed(module: str, overrides: Sequence[str]) -> str:
+    """`python -m module overrides...`, each override quoted as the shell needs: the command that
+    was typed (Hydra's task overrides), to run again."""
+    return shlex.join(["python", "-m", module, *overrides])
 
 
 def analyze(run_dir: Path, *more: str) -> str:

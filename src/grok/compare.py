@@ -19,7 +19,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from grok import naming, plots
+from grok import commands, naming, plots
 from grok.analysis.comparison import (
     RUN_COLUMNS,
     RunEntry,
@@ -211,6 +211,20 @@ def main(dcfg: DictConfig) -> None:
         remove_if_unused(out_dir)
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        remove_if_unused(out_dir)
+        left = f" ({out_dir} holds an unfinished comparison)" if out_dir.exists() else ""
+        print(f"stopped by Ctrl-C before the comparison finished{left}; the analyses it ran on "
+              f"runs that had none are kept. To redo it: {_typed_command()}", file=sys.stderr,
+              flush=True)
+        raise SystemExit(130) from None
+
+
+def _typed_command() -> str:
+    """This command as typed, with the output folder it was given (if any)."""
+    overrides = HydraConfig.get().overrides
+    run_dir = [o for o in overrides.hydra if o.startswith("hydra.run.dir=")]
+    return commands.typed("grok.compare", [*overrides.task, *run_dir])
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -219,7 +218,7 @@ def _continue_hint(run_dir: Path, stop: GracefulStop) -> str:
                 f"{commands.override('hydra.sweep.dir', sweep_dir)}; finished jobs only redo "
                 "their summary")
     args = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.run.dir=")]
-    return ("To continue: " + shlex.join(["python", "-m", "grok.main", *args]) + " "
+    return ("To continue: " + commands.typed("grok.main", args) + " "
             + commands.override("hydra.run.dir", run_dir))
 
 
