@@ -55,6 +55,9 @@ def test_defaults():
     (["split=structured", "split.pattern=diagonal"], "split.pattern"),
     (["train.batch_size=half"], "train.batch_size"),
     (["optim.lr=-1"], "optim.lr"),
+    (["optim.lr=inf"], "optim.lr"),
+    (["optim.weight_decay=nan"], "optim.weight_decay"),
+    (["optim.weight_decay=inf"], "optim.weight_decay"),
     (["optim.betas=[0.9,1.2]"], "optim.betas"),
     (["device=tpu"], "device"),
     (["logger.mode=sometimes"], "logger.mode"),
@@ -91,6 +94,7 @@ def test_values_next_to_the_bounds_are_accepted():
     ("steps=abc", "steps"),
     ("nonsense=1", "nonsense"),
     ("model.n_heads=3.5", "n_heads"),
+    ("optim.weight_decay=nan", "optim.weight_decay=nan is invalid"),  # torch's AdamW raised
     ("+model.dmodel=256", "error: unknown config key model.dmodel (added with "
                           "+model.dmodel=...): remove it"),
     ("+nonsense=1", "error: unknown config key nonsense"),

@@ -8,6 +8,7 @@ a component. Only the entry points import this module's Hydra-facing half.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 import warnings
 from dataclasses import dataclass, field
@@ -213,10 +214,12 @@ def check(cfg: Config) -> Config:
         _fail("model.n_layers", m.n_layers, "the bilinear model has exactly one layer")
 
     _one_of("optim.name", o.name, ("adamw",))
-    if not o.lr > 0:
-        _fail("optim.lr", o.lr, "must be > 0")
-    if o.weight_decay < 0:
-        _fail("optim.weight_decay", o.weight_decay, "must be >= 0")
+    # nan and inf pass the comparisons below the wrong way (torch's AdamW raises on a nan weight
+    # decay; an infinite one, or lr, makes the loss nan at the first step)
+    if not (math.isfinite(o.lr) and o.lr > 0):
+        _fail("optim.lr", o.lr, "must be a finite number > 0")
+    if not (math.isfinite(o.weight_decay) and o.weight_decay >= 0):
+        _fail("optim.weight_decay", o.weight_decay, "must be a finite number >= 0")
     if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
         _fail("optim.betas", list(o.betas), "must be two numbers in [0, 1)")
     if o.warmup_steps < 0:
