@@ -68,6 +68,9 @@ def test_defaults():
     (["train.eval_every=often"], "train.eval_every"),
     (["task.p=100003"], "task.p"),
     (["split.seed=-3"], "split.seed"),
+    (["seed=4294967296"], "seed"),  # the minibatch generator's seed overflowed mid-run
+    (["split.seed=99999999999999999999"], "split.seed"),
+    (["seeds=[0,4294967296]"], "seeds"),
     (["train.checkpoints=0"], "train.checkpoints"),  # the default analysis needs them
 ])
 def test_out_of_range_values_name_the_key(overrides, key):
@@ -85,6 +88,7 @@ def test_a_bad_batch_size_says_that_full_is_allowed_too(value):
 def test_values_next_to_the_bounds_are_accepted():
     assert compose_config("train.checkpoints=0", "analysis=none").train.checkpoints == 0
     assert compose_config("task.p=4096", "split.seed=0").task.p == 4096
+    assert compose_config("seed=4294967295", "split.seed=4294967295").seed == 2**32 - 1
 
 
 @pytest.mark.parametrize("override,needle", [
@@ -95,6 +99,7 @@ def test_values_next_to_the_bounds_are_accepted():
     ("nonsense=1", "nonsense"),
     ("model.n_heads=3.5", "n_heads"),
     ("optim.weight_decay=nan", "optim.weight_decay=nan is invalid"),  # torch's AdamW raised
+    ("seed=100000000000000 train.batch_size=8", "seed=100000000000000 is invalid"),
     ("+model.dmodel=256", "error: unknown config key model.dmodel (added with "
                           "+model.dmodel=...): remove it"),
     ("+nonsense=1", "error: unknown config key nonsense"),

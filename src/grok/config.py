@@ -29,6 +29,9 @@ LOGGERS = ("wandb", "csv", "none")
 PRECISIONS = ("fp32", "bf16")
 ANALYSIS_SUITES = ("none", "grokking", "trajectory", "full")
 MAX_MODULUS = 4096  # p^2 pairs are built and evaluated: ~17M at the bound, 80 GB of pairs at 1e5
+# torch generators take 64-bit seeds, and the minibatch order seeds one with seed * 1_000_003 +
+# epoch (grok.train.sampler): a larger seed fails with an overflow once training has begun
+MAX_SEED = 2**32 - 1
 
 
 class ConfigError(GrokError, ValueError):
@@ -245,12 +248,14 @@ def check(cfg: Config) -> Config:
     if cfg.logger.mode is not None:
         _one_of("logger.mode", cfg.logger.mode, ("online", "offline", "disabled"))
     _positive("steps", cfg.steps)
-    if cfg.seed < 0:
-        _fail("seed", cfg.seed, "must be >= 0")
-    if s.seed is not None and s.seed < 0:
-        _fail("split.seed", s.seed, "must be >= 0 (or null: the run's seed)")
-    if any(s < 0 for s in cfg.seeds) or len(set(cfg.seeds)) != len(cfg.seeds):
-        _fail("seeds", list(cfg.seeds), "must be distinct integers >= 0, e.g. seeds=[0,1,2,3]")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        _fail("seed", cfg.seed, f"must be in 0..{MAX_SEED}")
+    if s.seed is not None and not 0 <= s.seed <= MAX_SEED:
+        _fail("split.seed", s.seed, f"must be in 0..{MAX_SEED} (or null: the run's seed)")
+    if (any(not 0 <= s <= MAX_SEED for s in cfg.seeds)
+            or len(set(cfg.seeds)) != len(cfg.seeds)):
+        _fail("seeds", list(cfg.seeds), f"must be distinct integers in 0..{MAX_SEED}, e.g. "
+                                        "seeds=[0,1,2,3]")
     if not (cfg.device in ("auto", "cpu", "cuda", "mps") or cfg.device.startswith("cuda:")):
         _fail("device", cfg.device, "choose auto, cpu, cuda, cuda:N or mps")
     return cfg
