@@ -103,6 +103,21 @@ def test_config_errors(cli_run, capsys):
     assert analyze(none) == {} and "nothing to analyse" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("override,line", [
+    ("device=tpu", "error: device='tpu' is invalid: choose auto, cpu, cuda, cuda:N or mps"),
+    ("logger.mode=sometimes", "error: logger.mode='sometimes' is invalid: choose one of online, "
+                              "offline, disabled"),
+])
+def test_a_bad_device_or_logger_mode_is_one_line_before_anything_is_written(cli_run, tmp_path,
+                                                                             override, line):
+    """torch (device) and wandb (mode) raised tracebacks; the W&B run was opened first."""
+    before = sorted((p, p.stat().st_mtime_ns) for p in cli_run.rglob("*"))
+    result = run_cli(f"run_dir={cli_run}", override, cwd=tmp_path, module="grok.analyze")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [line]
+    assert sorted((p, p.stat().st_mtime_ns) for p in cli_run.rglob("*")) == before
+
+
 def test_a_run_that_stopped_early_is_analysed_with_a_warning(cli_run, caplog):
     cfg = to_analyze_config(compose_analyze(f"run_dir={cli_run}", "logger=none",
                                             "progress=false"))

@@ -26,7 +26,7 @@ from grok.compare import (
 )
 from grok.config import ConfigError
 from grok.tracking import InMemoryLogger, NullLogger
-from tests.conftest import ctrl_c, no_keyboard_interrupt, tiny_config
+from tests.conftest import ctrl_c, no_keyboard_interrupt, run_cli, tiny_config
 
 
 def fake_report(t_grok, acc_before=0.1, acc_after=0.9):
@@ -215,6 +215,23 @@ def test_compare_a_sweep_analyses_missing_runs(two_runs, tmp_path, capsys):
         compare_runs(compose_compare(f"sweep={two_runs[0].parent}", "labels=[x]"), tmp_path)
     with pytest.raises(ConfigError, match="xscale='symlog' is invalid"):
         compose_compare("xscale=symlog")
+
+
+@pytest.mark.parametrize("override,line", [
+    ("device=tpu", "error: device='tpu' is invalid: choose auto, cpu, cuda, cuda:N or mps"),
+    ("logger.mode=sometimes", "error: logger.mode='sometimes' is invalid: choose one of online, "
+                              "offline, disabled"),
+])
+def test_a_bad_device_or_logger_mode_is_one_line_and_leaves_no_output_folder(
+        two_runs, tmp_path, override, line):
+    """torch (device) and wandb (mode) raised tracebacks, wandb's after the tables and figures
+    were written into the output folder."""
+    out = tmp_path / "out"
+    result = run_cli(f"runs=[{two_runs[0]},{two_runs[1]}]", override, f"hydra.run.dir={out}",
+                     cwd=tmp_path, module="grok.compare")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [line]
+    assert not out.exists()
 
 
 def test_a_sweep_of_seed_batches_lists_every_seed_in_job_order(tmp_path):

@@ -37,6 +37,8 @@ from grok.config import (
     ConfigError,
     LoggerConfig,
     check_analysis,
+    check_device,
+    check_logger,
     config_dict,
     register_configs,
     reject_unknown_keys,
@@ -74,6 +76,8 @@ def to_analyze_config(dcfg: DictConfig) -> AnalyzeConfig:
                           "[analysis=grokking] [t_grok=STEP] [device=cpu]") from None
     assert isinstance(obj, AnalyzeConfig)
     check_analysis(obj.analysis)
+    check_device(obj.device)
+    check_logger(obj.logger)
     if obj.t_grok is not None and obj.t_grok < 0:
         raise ConfigError(f"t_grok={obj.t_grok} is invalid: must be a step >= 0")
     obj.logger.tags = list(obj.logger.tags)

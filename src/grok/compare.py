@@ -32,7 +32,14 @@ from grok.analysis.grokking import REPORT_FILE
 from grok.analysis.runner import run_analysis, runs_under
 from grok.analysis.settings import AnalysisSettings
 from grok.analyze import configure_logging, recorded_config
-from grok.config import Config, ConfigError, LoggerConfig, reject_unknown_keys
+from grok.config import (
+    Config,
+    ConfigError,
+    LoggerConfig,
+    check_device,
+    check_logger,
+    reject_unknown_keys,
+)
 from grok.device import resolve_device
 from grok.errors import GrokError
 from grok.files import remove_if_unused
@@ -63,6 +70,8 @@ def to_compare_config(dcfg: DictConfig) -> CompareConfig:
     obj.logger.tags = list(obj.logger.tags)
     if obj.xscale not in ("log", "linear"):
         raise ConfigError(f"xscale={obj.xscale!r} is invalid: choose log or linear")
+    check_device(obj.device)
+    check_logger(obj.logger)
     return obj
 
 

@@ -244,9 +244,7 @@ def check(cfg: Config) -> Config:
         _fail("train.compile", tr.compile, "choose true, false or auto")
 
     check_analysis(cfg.analysis)
-    _one_of("logger.backend", cfg.logger.backend, LOGGERS)
-    if cfg.logger.mode is not None:
-        _one_of("logger.mode", cfg.logger.mode, ("online", "offline", "disabled"))
+    check_logger(cfg.logger)
     _positive("steps", cfg.steps)
     if not 0 <= cfg.seed <= MAX_SEED:
         _fail("seed", cfg.seed, f"must be in 0..{MAX_SEED}")
@@ -256,9 +254,21 @@ def check(cfg: Config) -> Config:
             or len(set(cfg.seeds)) != len(cfg.seeds)):
         _fail("seeds", list(cfg.seeds), f"must be distinct integers in 0..{MAX_SEED}, e.g. "
                                         "seeds=[0,1,2,3]")
-    if not (cfg.device in ("auto", "cpu", "cuda", "mps") or cfg.device.startswith("cuda:")):
-        _fail("device", cfg.device, "choose auto, cpu, cuda, cuda:N or mps")
+    check_device(cfg.device)
     return cfg
+
+
+# grok.analyze and grok.compare check these too: they open the device and the logger only after
+# reading (and, for grok.compare, writing) files, where torch or wandb would raise a traceback
+def check_device(device: str) -> None:
+    if not (device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:")):
+        _fail("device", device, "choose auto, cpu, cuda, cuda:N or mps")
+
+
+def check_logger(lc: LoggerConfig) -> None:
+    _one_of("logger.backend", lc.backend, LOGGERS)
+    if lc.mode is not None:
+        _one_of("logger.mode", lc.mode, ("online", "offline", "disabled"))
 
 
 def check_analysis(a: AnalysisConfig) -> AnalysisConfig:
