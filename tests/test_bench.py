@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from grok.bench import PlainStep, build_trainer, main
@@ -42,3 +43,19 @@ def test_bench_plain_step_trains_the_same_function(tmp_path):
                                rtol=1e-5, atol=1e-5)
     loss = plain()
     assert loss > 0 and plain.step == 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--device", "tpu"], "error: device='tpu' is invalid: choose auto, cpu, cuda, cuda:N or mps"),
+    (["--json", "{file}/bench.json"], "cannot write a file there"),
+])
+def test_bad_flags_stop_with_a_usage_error_before_measuring(tmp_path, capsys, args, message):
+    """They raised a traceback: the device at the first section, the --json path after every
+    section had been measured."""
+    (tmp_path / "file").write_text("not a folder")
+    args = [a.format(file=tmp_path / "file") for a in args]
+    with pytest.raises(SystemExit) as exit_:
+        main(["--quick", "--sections", "peak", *args])
+    assert exit_.value.code == 2
+    out, err = capsys.readouterr()
+    assert message in err and out == ""  # nothing was measured

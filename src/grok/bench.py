@@ -38,10 +38,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from grok.analysis.base import Probe, forward_pass, load_model
 from grok.analysis.runner import SUITES, run_analysis, settings_from_config
 from grok.assemble import model_config
-from grok.config import AnalysisConfig, Config, compose
+from grok.config import AnalysisConfig, Config, check_device, compose
 from grok.data.splits import load_split, make_split, save_split
 from grok.data.tasks import build_task
 from grok.device import resolve_device
+from grok.errors import GrokError
 from grok.model import build_model
 from grok.naming import identity
 from grok.tracking import NullLogger
@@ -506,6 +507,16 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    # checked before measuring, which takes minutes: the device a typo or a CUDA-less machine
+    # cannot give, a --json folder that cannot be made
+    try:
+        check_device(args.device)
+        resolve_device(args.device)
+    except GrokError as exc:
+        parser.error(str(exc))
+    if args.json and not _can_hold(args.json):
+        parser.error(f"--json {args.json}: cannot write a file there (a folder on its path is a "
+                     "file, or it is a folder itself)")
     result = run_bench(args.quick, sections, args.device, args.compile, args.clock,
                        log=lambda m: print(m, file=sys.stderr, flush=True))
     print(table(result))
@@ -514,6 +525,16 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     return 0
+
+
+def _can_hold(path: Path) -> bool:
+    """Whether `path` can be written as a file once its missing folders are made."""
+    if path.is_dir():
+        return False
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder.is_dir()
 
 
 if __name__ == "__main__":
