@@ -234,6 +234,13 @@ def test_a_bad_device_or_logger_mode_is_one_line_and_leaves_no_output_folder(
     assert not out.exists()
 
 
+def test_a_refused_comparison_leaves_no_outputs_folder(tmp_path):
+    """Hydra creates outputs/compare/<date>/ with the output folder, which alone was removed."""
+    result = run_cli("runs=[nowhere]", "logger=none", cwd=tmp_path, module="grok.compare")
+    assert result.stderr.strip().splitlines() == ["error: run directory nowhere not found"]
+    assert result.returncode == 1 and list(tmp_path.iterdir()) == []
+
+
 def test_a_sweep_of_seed_batches_lists_every_seed_in_job_order(tmp_path):
     """-m 'seeds=[0,2,10]' a=x,y: jobs 0 and 1 hold seed_<s> run directories; a plain job holds
     checkpoints/ itself; folders that are neither (Hydra's .submitit, logs) are passed over."""

@@ -114,6 +114,16 @@ def test_bad_input_fails_cleanly_before_training(tmp_path, override, needle):
     assert not run_dir.exists()  # nothing half-written
 
 
+@pytest.mark.parametrize("args", [("task.p=2",), ("experiment=v1_baseline", "optim.lr=-1")])
+def test_a_refused_first_run_leaves_no_outputs_folder(tmp_path, args):
+    """Hydra creates outputs/runs/<date>/ (outputs/v1_baseline/ for a preset) with the run folder;
+    only the run folder was removed, so a first mistake left the empty dated folder behind."""
+    (tmp_path / "mine").mkdir()  # a folder that was there before is kept, even when empty
+    result = run_cli(*args, "logger=none", cwd=tmp_path)
+    assert result.returncode == 1 and result.stderr.startswith("error: ")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["mine"]
+
+
 @pytest.mark.parametrize("module,schema_args,key", [
     ("grok.main", (), "train.evel_every"),
     ("grok.analyze", ("run_dir=x",), "t_grk"),

@@ -33,6 +33,7 @@ from grok.analysis.runner import run_analysis, runs_under
 from grok.analysis.settings import AnalysisSettings
 from grok.analyze import configure_logging, recorded_config
 from grok.config import (
+    NEW_FOLDERS,
     Config,
     ConfigError,
     LoggerConfig,
@@ -217,11 +218,11 @@ def main(dcfg: DictConfig) -> None:
     try:
         compare_runs(to_compare_config(dcfg), out_dir)
     except GrokError as exc:
-        remove_if_unused(out_dir)
+        remove_if_unused(out_dir, made=NEW_FOLDERS)
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
-        remove_if_unused(out_dir)
+        remove_if_unused(out_dir, made=NEW_FOLDERS)
         left = f" ({out_dir} holds an unfinished comparison)" if out_dir.exists() else ""
         print(f"stopped by Ctrl-C before the comparison finished{left}; the analyses it ran on "
               f"runs that had none are kept. To redo it: {_typed_command()}", file=sys.stderr,

@@ -12,9 +12,11 @@ import math
 import typing
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from grok.data.tasks import OPERATIONS, is_prime
@@ -157,6 +159,20 @@ def register_configs() -> None:
     if not OmegaConf.has_resolver("grok.seed_folder"):
         OmegaConf.register_new_resolver(
             "grok.seed_folder", lambda seed, seeds: seed_folder(seed, list(seeds or [])))
+
+
+# the parents of this run's output folder that did not exist before Hydra made it, deepest first
+NEW_FOLDERS: list[Path] = []
+
+
+class NoteNewFolders(Callback):
+    """hydra.callbacks of grok.main and grok.compare: notes, before Hydra creates the output
+    folder, which of its parents it creates with it (outputs/runs/<date>/ on a first run), so
+    that a refused command removes them too (grok.files.remove_if_unused)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        folder = Path(str(config.hydra.run.dir)).absolute()
+        NEW_FOLDERS[:] = [p for p in folder.parents if not p.exists()]
 
 
 def seed_folder(seed: int, seeds: list[int]) -> str:

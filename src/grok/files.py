@@ -40,13 +40,20 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
         raise
 
 
-def remove_if_unused(folder: Path, also: tuple[str, ...] = ()) -> None:
+def remove_if_unused(folder: Path, also: tuple[str, ...] = (),
+                     made: list[Path] | tuple[Path, ...] = ()) -> None:
     """Delete a job's output folder that holds nothing but what Hydra wrote before the job began
-    (.hydra/, a log file) and the names in `also`, so that a refused command leaves none."""
+    (.hydra/, a log file) and the names in `also`, so that a refused command leaves none; then
+    the folders of `made` (the parents Hydra created for it, deepest first, e.g.
+    outputs/runs/<date>) that this leaves empty."""
     folder = Path(folder)
     if folder.is_dir() and all(p.name in (".hydra", *also) or p.suffix == ".log"
                                for p in folder.iterdir()):
         shutil.rmtree(folder)
+        for parent in made:
+            if not parent.is_dir() or any(parent.iterdir()):
+                break
+            parent.rmdir()
 
 
 def disk_full(exc: BaseException) -> bool:

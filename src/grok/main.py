@@ -22,7 +22,7 @@ import hydra_plugins.grok_joblib_launcher
 from grok import commands, naming, plots
 from grok.analysis.runner import analysis_lines, run_analysis, settings_from_config
 from grok.assemble import RunParts, build_run, check_run_or_batch, started
-from grok.config import Config, register_configs, to_config
+from grok.config import NEW_FOLDERS, Config, register_configs, to_config
 from grok.device import resolve_device
 from grok.errors import GrokError
 from grok.files import disk_full, remove_if_unused
@@ -193,8 +193,9 @@ def main(dcfg: DictConfig) -> None:
     except GrokError as exc:
         if isinstance(exc, (ResumeMismatch, ckpt.RunDirBusy, DamagedMetrics)):
             _hydra_record(run_dir, keep=False)
-        if not isinstance(exc, ckpt.RunDirBusy):  # a busy directory belongs to the lock's holder,
-            remove_if_unused(run_dir, also=(ckpt.LOCK_FILE,))  # which may not have written yet
+        # a busy directory belongs to the lock's holder, which may not have written yet
+        if not isinstance(exc, ckpt.RunDirBusy):
+            remove_if_unused(run_dir, also=(ckpt.LOCK_FILE,), made=NEW_FOLDERS)
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     except (OSError, RuntimeError) as exc:
