@@ -124,6 +124,26 @@ def test_a_refused_first_run_leaves_no_outputs_folder(tmp_path, args):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["mine"]
 
 
+@pytest.mark.parametrize("module,args", [
+    ("grok.main", ("hydra.run.dir={file}",)),
+    ("grok.main", ("hydra.run.dir={file}/run",)),
+    ("grok.main", ("-m", "seed=0,1", "hydra.sweep.dir={file}/sweep")),
+    ("grok.compare", ("runs=[x]", "hydra.run.dir={file}")),
+])
+def test_an_output_folder_under_a_file_is_one_line(tmp_path, module, args):
+    """Hydra's mkdir raised FileExistsError / NotADirectoryError with a traceback."""
+    file = tmp_path / "notes.txt"
+    file.write_text("mine")
+    result = run_cli(*(a.format(file=file) for a in args), "logger=none", cwd=tmp_path,
+                     module=module)
+    assert result.returncode == 1
+    key = "hydra.sweep.dir" if "-m" in args else "hydra.run.dir"
+    assert result.stderr.strip().splitlines() == [
+        f"error: {key}={args[-1].split('=', 1)[1].format(file=file)} cannot be made: {file} is a "
+        f"file; choose another {key}"]
+    assert file.read_text() == "mine" and sorted(tmp_path.iterdir()) == [file]
+
+
 @pytest.mark.parametrize("module,schema_args,key", [
     ("grok.main", (), "train.evel_every"),
     ("grok.analyze", ("run_dir=x",), "t_grk"),
