@@ -152,3 +152,23 @@ def test_load_rejects_another_task(tmp_path):
     save_split(split, tmp_path / "split.pt")
     with pytest.raises(SplitError, match="belongs to add mod 13"):
         load_split(tmp_path / "split.pt", build_task("sub", 13))
+
+
+@pytest.mark.parametrize("content,message", [
+    ("truncated", r"cannot read .*split.pt \(RuntimeError: PytorchStreamReader failed reading "
+                  r"zip archive: failed finding central directory\): the file is damaged"),
+    ({"step": 0, "model_state": {}}, r"split.pt is not a split file \(KeyError: 'name'\)"),
+    ([1, 2], r"split.pt is not a split file \(TypeError: list indices must be integers"),
+])
+def test_a_damaged_or_foreign_split_file_is_one_short_error(tmp_path, content, message):
+    """A foreign file (say a checkpoint copied over split.pt) raised KeyError with a traceback,
+    and a damaged one carried torch's whole paragraph of advice into the line."""
+    path = tmp_path / "split.pt"
+    if content == "truncated":
+        save_split(make_split(build_task("add", 13), "random", 0.5, seed=0), path)
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        torch.save(content, path)
+    with pytest.raises(SplitError, match=message) as err:
+        load_split(path)
+    assert len(str(err.value)) < 250 and "\n" not in str(err.value)

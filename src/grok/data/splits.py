@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from grok.data.tasks import Task
-from grok.errors import GrokError
+from grok.errors import GrokError, brief
 
 
 class SplitError(GrokError, ValueError):
@@ -183,18 +183,23 @@ def load_split(path: Path, task: Task | None = None) -> Split:
     try:
         data = torch.load(path, weights_only=True)
     except Exception as exc:  # a truncated or foreign file
-        raise SplitError(f"cannot read {path} ({exc}): the file is damaged; restore it from a "
-                         "copy of the run directory") from exc
-    split = Split(
-        name=data["name"],
-        params=dict(data["params"]),
-        seed=int(data["seed"]),
-        train_idx=data["train_idx"],
-        test_idx=data["test_idx"],
-        mirror_leak=float(data["mirror_leak"]),
-        task=dict(data["task"]),
-    )
-    if split.checksum != data["checksum"]:
+        raise SplitError(f"cannot read {path} ({brief(exc, 'empty file')}): the file is damaged; "
+                         "restore it from a copy of the run directory") from exc
+    try:
+        split = Split(
+            name=data["name"],
+            params=dict(data["params"]),
+            seed=int(data["seed"]),
+            train_idx=data["train_idx"],
+            test_idx=data["test_idx"],
+            mirror_leak=float(data["mirror_leak"]),
+            task=dict(data["task"]),
+        )
+        checksum = data["checksum"]
+    except (KeyError, IndexError, TypeError, ValueError) as exc:  # a readable file of another kind
+        raise SplitError(f"{path} is not a split file ({brief(exc)}): restore it from a copy of "
+                         "the run directory") from None
+    if split.checksum != checksum:
         raise SplitError(f"{path} fails its checksum: the split indices were modified or damaged")
     if task is not None and split.task != {"op": task.op, "p": task.p}:
         raise SplitError(
