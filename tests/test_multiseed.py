@@ -89,6 +89,20 @@ def test_resuming_a_batch_needs_every_seed(tmp_path):
         SeedBatch(trainers).fit([ckpt.load_resume_state(tmp_path / "0"), None])
 
 
+def test_a_batch_whose_seeds_were_saved_at_different_steps_is_refused_untouched(tmp_path):
+    """Each seed's _resume ran before the check and cut the other seeds' metrics.jsonl back to
+    their own step: the refused command dropped the history of the seed with a lost last.pt."""
+    cfgs = [tiny_config(f"seed={s}", "steps=20", "train.resume_every=10") for s in SEEDS[:2]]
+    SeedBatch([make_trainer(c, tmp_path / str(i)) for i, c in enumerate(cfgs)]).fit([None, None])
+    (tmp_path / "1" / "checkpoints" / "last.pt").unlink()  # seed 1 falls back to previous.pt
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    trainers = [make_trainer(c, tmp_path / str(i)) for i, c in enumerate(cfgs)]
+    states = [ckpt.load_resume_state(tmp_path / str(i)) for i in range(2)]
+    with pytest.raises(Exception, match=r"saved at different steps \[10, 20\]"):
+        SeedBatch(trainers).fit(states)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
 @pytest.mark.parametrize("seeds", ["seeds=[1,1]", "seeds=[-1,2]"])
 def test_bad_seed_lists_are_refused(seeds):
     with pytest.raises(ConfigError, match="seeds"):

@@ -193,6 +193,12 @@ class SeedBatch:
             missing = [str(t.run_dir) for t, r in zip(self.trainers, resumed) if not r]
             raise SeedBatchError(f"some seeds have no resume state ({', '.join(missing)}); "
                                  "resume the batch with all its seeds or start a new run dir")
+        # checked before any seed resumes: _resume cuts a seed's metrics.jsonl back to its own
+        # step (and rewrites its checkpoint there), which a refused batch must not do
+        steps = sorted({int(s["step"]) for s in resume_states if s is not None})
+        if len(steps) > 1:
+            raise SeedBatchError(f"the seeds were saved at different steps {steps}; resume each "
+                                 "seed's run directory on its own")
         self.template.train()
         for t, state in zip(self.trainers, resume_states):
             t.run_dir.mkdir(parents=True, exist_ok=True)
@@ -200,11 +206,7 @@ class SeedBatch:
             if state is not None:
                 t._resume(state)
         if all(resumed):
-            steps = {t.step for t in self.trainers}
-            if len(steps) > 1:
-                raise SeedBatchError(f"the seeds were saved at different steps {sorted(steps)}; "
-                                     "resume each seed's run directory on its own")
-            self.step = steps.pop()
+            self.step = steps[0]
             self._load_from_trainers()
         else:
             for t in self.trainers:
