@@ -33,7 +33,6 @@ from grok.analysis.runner import run_analysis, runs_under
 from grok.analysis.settings import AnalysisSettings
 from grok.analyze import configure_logging, recorded_config
 from grok.config import (
-    NEW_FOLDERS,
     Config,
     ConfigError,
     LoggerConfig,
@@ -44,6 +43,7 @@ from grok.config import (
 from grok.device import resolve_device
 from grok.errors import GrokError
 from grok.files import remove_if_unused
+from grok.output_folders import NEW_FOLDERS
 from grok.tracking import Logger, NullLogger, build_logger
 
 

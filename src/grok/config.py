@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import typing
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from grok import commands
 from grok.data.tasks import OPERATIONS, is_prime
 from grok.errors import GrokError
 
@@ -161,34 +157,6 @@ def register_configs() -> None:
     if not OmegaConf.has_resolver("grok.seed_folder"):
         OmegaConf.register_new_resolver(
             "grok.seed_folder", lambda seed, seeds: seed_folder(seed, list(seeds or [])))
-
-
-# the parents of this run's output folder that did not exist before Hydra made it, deepest first
-NEW_FOLDERS: list[Path] = []
-
-
-class NoteNewFolders(Callback):
-    """hydra.callbacks of grok.main and grok.compare: notes, before Hydra creates the output
-    folder, which of its parents it creates with it (outputs/runs/<date>/ on a first run), so
-    that a refused command removes them too (grok.files.remove_if_unused). An output folder
-    that is a file, or lies under one, is refused here: Hydra's mkdir raised a traceback."""
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        folder = Path(str(config.hydra.run.dir)).absolute()
-        _refuse_a_file("hydra.run.dir", folder)
-        NEW_FOLDERS[:] = [p for p in folder.parents if not p.exists()]
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _refuse_a_file("hydra.sweep.dir", Path(str(config.hydra.sweep.dir)).absolute())
-
-
-def _refuse_a_file(key: str, folder: Path) -> None:
-    file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
-    if file is not None:
-        # SystemExit, not GrokError: no entry point is running yet to turn it into one line
-        print(f"error: {commands.override(key, folder)} cannot be made: {file} is a file; "
-              f"choose another {key}", file=sys.stderr)
-        raise SystemExit(1)
 
 
 def seed_folder(seed: int, seeds: list[int]) -> str:

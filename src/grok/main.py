@@ -22,10 +22,11 @@ import hydra_plugins.grok_joblib_launcher
 from grok import commands, naming, plots
 from grok.analysis.runner import analysis_lines, run_analysis, settings_from_config
 from grok.assemble import RunParts, build_run, check_run_or_batch, started
-from grok.config import NEW_FOLDERS, Config, register_configs, to_config
+from grok.config import Config, register_configs, to_config
 from grok.device import resolve_device
 from grok.errors import GrokError
 from grok.files import disk_full, remove_if_unused
+from grok.output_folders import NEW_FOLDERS
 from grok.tracking import Logger
 from grok.train import checkpoint as ckpt
 from grok.train.multiseed import SeedBatch
