@@ -152,6 +152,19 @@ def test_forced_t_grok_sets_relative_steps_and_selection(copy):
     assert report["before_after"]["after"]["step"] >= t >= report["before_after"]["before"]["step"]
 
 
+@pytest.mark.parametrize("metrics", [None, "{not json"])
+def test_without_metric_rows_t_grok_comes_from_the_checkpoints_with_a_warning(copy, metrics):
+    """A missing metrics.jsonl, or one whose only line was cut short: the warning says both."""
+    path = copy / "metrics.jsonl"
+    if metrics is None:
+        path.unlink()
+    else:
+        path.write_text(metrics)
+    run_analysis(copy, "grokking", AnalysisSettings(), CPU, NullLogger(), progress=False)
+    assert "metrics.jsonl is missing or holds no whole row: t_grok is detected on the test " \
+           "accuracy recomputed at the checkpoints" in report_of(copy)["warnings"]
+
+
 def test_undetected_t_grok_is_null_with_a_warning(copy, caplog):
     flat = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
     for row in flat:
@@ -193,6 +206,9 @@ def test_results_of_an_earlier_analysis_that_stop_short_are_pointed_out(copy, ca
 def test_missing_run_directory_and_missing_checkpoints(tmp_path, copy):
     with pytest.raises(AnalysisError, match="run directory .* not found"):
         run_analysis(tmp_path / "nope", "grokking", AnalysisSettings(), CPU, NullLogger())
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(AnalysisError, match="run directory .*afile is a file, not a folder; pass"):
+        run_analysis(tmp_path / "afile", "grokking", AnalysisSettings(), CPU, NullLogger())
     shutil.rmtree(copy / "checkpoints")
     with pytest.raises(AnalysisError, match="no checkpoints"):
         run_analysis(copy, "grokking", AnalysisSettings(), CPU, NullLogger())

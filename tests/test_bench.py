@@ -48,6 +48,7 @@ def test_bench_plain_step_trains_the_same_function(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--device", "tpu"], "error: device='tpu' is invalid: choose auto, cpu, cuda, cuda:N or mps"),
     (["--json", "{file}/bench.json"], "cannot write a file there"),
+    (["--sections", ","], "--sections names no section; choose from peak,"),
 ])
 def test_bad_flags_stop_with_a_usage_error_before_measuring(tmp_path, capsys, args, message):
     """They raised a traceback: the device at the first section, the --json path after every

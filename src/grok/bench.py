@@ -507,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    if not sections:
+        parser.error(f"--sections names no section; choose from {', '.join(SECTIONS)}")
     # checked before measuring, which takes minutes: the device a typo or a CUDA-less machine
     # cannot give, a --json folder that cannot be made
     try:

@@ -75,8 +75,8 @@ def build_report(scan: Scan, metrics: list[dict], settings: AnalysisSettings,
         warnings += _consistency(steps, test_acc, eval_steps, eval_acc)
     else:
         eval_steps, eval_acc = steps, list(test_acc)
-        warnings.append("metrics.jsonl is missing: t_grok is detected on the test accuracy "
-                        "recomputed at the checkpoints")
+        warnings.append("metrics.jsonl is missing or holds no whole row: t_grok is detected on "
+                        "the test accuracy recomputed at the checkpoints")
     tg = detect_t_grok(eval_steps, eval_acc, settings.window, settings.threshold, forced,
                        settings.monotone)
     if tg.warning:

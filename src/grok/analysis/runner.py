@@ -144,7 +144,8 @@ def load_run(run_dir: Path) -> LoadedRun:
     """Task, split, checkpoint list and metrics of a run directory, with clear errors."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise AnalysisError(f"run directory {run_dir} not found; pass the folder of a training "
+        what = "is a file, not a folder" if run_dir.exists() else "not found"
+        raise AnalysisError(f"run directory {run_dir} {what}; pass the folder of a training "
                             "run, e.g. run_dir=outputs/runs/<date>/<time>")
     if not (run_dir / "split.pt").exists() and not (run_dir / "checkpoints").is_dir():
         inside = runs_under(run_dir)
