@@ -5,8 +5,10 @@ import json
 import pytest
 import torch
 
+from grok import bench
 from grok.bench import PlainStep, build_trainer, main
 from grok.config import compose
+from tests.conftest import ctrl_c, no_keyboard_interrupt
 
 
 def test_quick_bench_reports_every_section(tmp_path, capsys):
@@ -60,3 +62,20 @@ def test_bad_flags_stop_with_a_usage_error_before_measuring(tmp_path, capsys, ar
     assert exit_.value.code == 2
     out, err = capsys.readouterr()
     assert message in err and out == ""  # nothing was measured
+
+
+def test_ctrl_c_keeps_the_figures_of_the_sections_already_measured(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in a later section: the table, the JSON (also --json) of the earlier ones, a line
+    saying so, exit status 130; before, a traceback and nothing printed."""
+    monkeypatch.setattr(bench, "bench_default", ctrl_c)
+    saved = tmp_path / "bench.json"
+    with no_keyboard_interrupt():
+        status = main(["--quick", "--sections", "peak,default", "--json", str(saved)])
+    assert status == 130
+    out, err = capsys.readouterr()
+    assert "matmul peak" in out and "default run" not in out
+    result = json.loads(saved.read_text())
+    assert result["peak"]["fp32_gflops"] > 0 and "default" not in result
+    assert result["stopped_by"] == "SIGINT"
+    assert err.splitlines()[-1] == ("stopped by Ctrl-C: the figures above are those of the "
+                                    "sections measured before it")

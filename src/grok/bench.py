@@ -453,6 +453,18 @@ def run_bench(quick: bool = False, sections: tuple[str, ...] = SECTIONS, device:
     dev = _device = resolve_device(device)
     result: dict[str, Any] = {"mode": "quick" if quick else "full", "clock": clock_name,
                               "machine": machine()}
+    try:
+        _measure(result, scale, sections, dev, compiled, log)
+    except KeyboardInterrupt:
+        # the sections measured so far are still worth having: the later ones take minutes
+        result["stopped_by"] = "SIGINT"
+    result["machine"]["load_avg_end"] = list(os.getloadavg())
+    return result
+
+
+def _measure(result: dict[str, Any], scale: Scale, sections: tuple[str, ...], dev: torch.device,
+             compiled: bool, log: Callable[[str], None]) -> None:
+    """Fill `result` section by section (a section's figures appear when it is done)."""
     with tempfile.TemporaryDirectory(prefix="grok-bench-") as tmp_name:
         tmp = Path(tmp_name)
         if "peak" in sections:
@@ -478,8 +490,6 @@ def run_bench(quick: bool = False, sections: tuple[str, ...] = SECTIONS, device:
         if "analysis" in sections:
             log("bench: analysis suites")
             result["analysis"] = bench_analysis(scale, dev, tmp)
-    result["machine"]["load_avg_end"] = list(os.getloadavg())
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -526,6 +536,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1) + "\n")
+    if "stopped_by" in result:
+        print("stopped by Ctrl-C: the figures above are those of the sections measured before it",
+              file=sys.stderr, flush=True)
+        return 130
     return 0
 
 
