@@ -64,12 +64,14 @@ def no_keyboard_interrupt():
 @pytest.fixture
 def cli_logging():
     """For a test that runs an entry point's main() in this process: main() sets up the "grok"
-    logger for a terminal (its own stderr handler, not propagated); put it back afterwards so
-    that later tests' caplog sees the warnings again."""
-    logger = logging.getLogger("grok")
-    saved = logger.handlers[:], logger.level, logger.propagate
+    logger for a terminal (its own stderr handler, not propagated), and Hydra the root logger
+    (a handler on this test's captured stdout); put both back afterwards, so that later tests'
+    caplog sees the warnings again and nothing writes to a closed stream."""
+    loggers = [logging.getLogger("grok"), logging.getLogger()]
+    saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
     yield
-    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+    for lg, (handlers, level, propagate) in zip(loggers, saved):
+        lg.handlers[:], lg.level, lg.propagate = handlers, level, propagate
 
 
 def ctrl_c(*args, **kwargs):

@@ -1,9 +1,13 @@
 """Sweeps check every job's config before the first job starts (hydra/sweeper=grok)."""
 
+import sys
+
 import pytest
 import yaml
 
-from tests.conftest import run_cli
+from grok.main import main
+from hydra_plugins.grok_sweeper.grok_sweeper import GrokSweeper
+from tests.conftest import ctrl_c, no_keyboard_interrupt, run_cli
 
 TINY = ("task.p=7", "steps=5", "train.eval_every=5", "logger=none", "analysis=none")
 
@@ -26,6 +30,22 @@ def test_a_sweep_with_a_bad_job_is_refused_before_any_job_starts(tmp_path, sweep
         f"error: job #{num} (seed={seed} {bad} {' '.join(rest)}): {problem}"
         for num, seed in ((1, 0), (3, 1))]
     assert "Launching" not in result.stdout + result.stderr
+    assert not sweep_dir.exists()
+
+
+@pytest.mark.usefixtures("cli_logging")
+def test_ctrl_c_while_the_jobs_are_checked_stops_the_sweep_with_one_line(tmp_path, monkeypatch,
+                                                                         capsys):
+    """Exit 130 as before, now with a line saying why and that no job started."""
+    monkeypatch.setattr(GrokSweeper, "job_problem", ctrl_c)
+    sweep_dir = tmp_path / "sweep"
+    monkeypatch.setattr(sys, "argv", ["grok.main", "-m", "seed=0,1", *TINY,
+                                      f"hydra.sweep.dir={sweep_dir}"])
+    with no_keyboard_interrupt(), pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err.splitlines() == [
+        "stopped by Ctrl-C while the sweep's jobs were being checked: none started"]
     assert not sweep_dir.exists()
 
 

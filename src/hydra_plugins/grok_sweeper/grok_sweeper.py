@@ -44,6 +44,8 @@ class GrokSweeper(BasicSweeper):
             errors = [f"error: job #{num} ({' '.join(filter_overrides(job))}): {problem}"
                       for num, job in enumerate(jobs) if (problem := self.job_problem(num, job))]
         except KeyboardInterrupt:  # Ctrl-C while a long sweep is being checked: nothing started
+            print("stopped by Ctrl-C while the sweep's jobs were being checked: none started",
+                  file=sys.stderr, flush=True)
             raise SystemExit(130) from None
         if errors:
             print("\n".join(errors), file=sys.stderr, flush=True)
