@@ -43,6 +43,7 @@ from grok.data.splits import load_split, make_split, save_split
 from grok.data.tasks import build_task
 from grok.device import resolve_device
 from grok.errors import GrokError
+from grok.files import file_in_the_way
 from grok.model import build_model
 from grok.naming import identity
 from grok.tracking import NullLogger
@@ -526,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         resolve_device(args.device)
     except GrokError as exc:
         parser.error(str(exc))
-    if args.json and not _can_hold(args.json):
+    if args.json and (args.json.is_dir() or file_in_the_way(args.json.parent)):
         parser.error(f"--json {args.json}: cannot write a file there (a folder on its path is a "
                      "file, or it is a folder itself)")
     result = run_bench(args.quick, sections, args.device, args.compile, args.clock,
@@ -541,16 +542,6 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)
         return 130
     return 0
-
-
-def _can_hold(path: Path) -> bool:
-    """Whether `path` can be written as a file once its missing folders are made."""
-    if path.is_dir():
-        return False
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return folder.is_dir()
 
 
 if __name__ == "__main__":

@@ -56,6 +56,13 @@ def remove_if_unused(folder: Path, also: tuple[str, ...] = (),
             parent.rmdir()
 
 
+def file_in_the_way(path: Path) -> Path | None:
+    """The first of path and its parents that exists but is not a folder (a file that stops path
+    from being made as a folder, or below one), or None."""
+    path = Path(path)
+    return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+
+
 def disk_full(exc: BaseException) -> bool:
     """Whether exc, or an exception it was raised from or during, is "no space left on device"
     (torch.save reports it as a RuntimeError raised while handling the OSError)."""

@@ -11,6 +11,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from grok import commands
+from grok.files import file_in_the_way
 
 # the parents of this run's output folder that did not exist before Hydra made it, deepest first
 NEW_FOLDERS: list[Path] = []
@@ -32,7 +33,7 @@ class NoteNewFolders(Callback):
 
 
 def _refuse_a_file(key: str, folder: Path) -> None:
-    file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    file = file_in_the_way(folder)
     if file is not None:
         # SystemExit, not GrokError: no entry point is running yet to turn it into one line
         print(f"error: {commands.override(key, folder)} cannot be made: {file} is a file; "
