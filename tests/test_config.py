@@ -3,6 +3,7 @@ from pathlib import Path
 import grok.conf
 import pytest
 
+from grok.assemble import NotARunDir, check_output_folder
 from grok.config import ConfigError
 from tests.conftest import compose_config, run_cli
 
@@ -142,6 +143,72 @@ def test_an_output_folder_under_a_file_is_one_line(tmp_path, module, args):
         f"error: {key}={args[-1].split('=', 1)[1].format(file=file)} cannot be made: {file} is a "
         f"file; choose another {key}"]
     assert file.read_text() == "mine" and sorted(tmp_path.iterdir()) == [file]
+
+
+def a_project_folder(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A folder of someone's own files, and its files' contents by relative path."""
+    folder = tmp_path / "project"
+    (folder / "src").mkdir(parents=True)
+    (folder / "readme.txt").write_text("mine")
+    (folder / "src" / "model.py").write_text("# mine")
+    return folder, files_in(folder)
+
+
+def files_in(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): p.read_text() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_training_into_a_folder_that_holds_files_but_no_run_is_refused(tmp_path):
+    """It trained there without a word, scattering split.pt, checkpoints/, plots/, wandb/ and
+    Hydra's record among the folder's own files."""
+    folder, before = a_project_folder(tmp_path)
+    result = run_cli(f"hydra.run.dir={folder}", "task.p=7", "steps=5", "logger=none",
+                     cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: {folder} holds files but no grok run (readme.txt, src): choose a new or empty "
+        "folder for hydra.run.dir"]
+    assert files_in(folder) == before and sorted(p.name for p in folder.iterdir()) == [
+        "readme.txt", "src"]  # not even Hydra's record or log
+
+
+def test_a_sweep_job_whose_folder_holds_files_but_no_run_refuses_the_sweep(tmp_path):
+    folder, before = a_project_folder(tmp_path)
+    result = run_cli("-m", "seed=0,1", "task.p=7", "steps=5", "logger=none", "analysis=none",
+                     f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=${hydra.job.num}",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr  # job folders 0 and 1 are new: they train
+    result = run_cli("-m", "seed=0,1", "task.p=7", "steps=5", "logger=none", "analysis=none",
+                     f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=project", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: job #{num} (seed={num} task.p=7 steps=5 logger=none analysis=none): {folder} "
+        "holds files but no grok run (readme.txt, src): choose a new or empty folder for "
+        "hydra.sweep.dir" for num in (0, 1)]
+    assert files_in(folder) == before
+
+
+def test_a_folder_with_only_what_a_refused_command_left_trains_as_a_new_run(tmp_path):
+    """Hydra's record and log, the lock, a temporary file and empty folders are no one's files:
+    the folder a stopped or refused first command left trains (an empty folder too)."""
+    folder = tmp_path / "run"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (folder / "main.log").write_text("")
+    (folder / ".lock").write_text("")
+    (folder / ".split.pt.x1y2.tmp").write_bytes(b"")
+    (folder / "seed_0" / "checkpoints").mkdir(parents=True)
+    check_output_folder(folder, "hydra.run.dir")
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(NotARunDir, match=r"\(notes.txt\): choose"):
+        check_output_folder(folder, "hydra.run.dir")
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (folder / "seed_0" / "checkpoints" / name).write_text("mine")
+        (folder / name).write_text("mine")
+    with pytest.raises(NotARunDir, match=r"\(a.txt, b.txt, c.txt and 2 more\): choose"):
+        check_output_folder(folder, "hydra.run.dir")
+    (folder / "split.pt").write_bytes(b"")  # a run: it is resumed or refused on its own terms
+    check_output_folder(folder, "hydra.run.dir")
 
 
 @pytest.mark.parametrize("module,schema_args,key", [

@@ -19,6 +19,8 @@ from grok import commands, naming
 from grok.config import Config, config_dict
 from grok.data.splits import Split, SplitError, load_split, make_split, save_split
 from grok.data.tasks import Task, build_task
+from grok.errors import GrokError
+from grok.files import hydra_wrote
 from grok.model import build_model
 from grok.tracking import Logger, build_logger
 from grok.train import checkpoint as ckpt
@@ -94,6 +96,36 @@ def batch_runs(run_dir: Path) -> list[str]:
 def started(run_dir: Path) -> bool:
     """Whether run_dir holds a run, or a seed batch, that has begun."""
     return holds_run(run_dir) or bool(batch_runs(run_dir))
+
+
+def check_output_folder(run_dir: Path, key: str) -> None:
+    """Refuse to train into an existing folder that holds files but no run (a project folder
+    given as hydra.run.dir, say): the run would scatter its files among them, and a metrics.jsonl
+    or checkpoints/ left without its split.pt would be overwritten. `key` is the setting that
+    chose the folder, which the message names."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or started(run_dir):
+        return
+    others = sorted(p.name for p in run_dir.iterdir() if not _left_before_a_start(p))
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise NotARunDir(f"{run_dir} holds files but no grok run ({shown}): choose a new or empty "
+                         f"folder for {key}")
+
+
+def _left_before_a_start(path: Path) -> bool:
+    """Whether path is what a command that stopped before the split was saved may have left in
+    a run directory (Hydra's record and log, the lock, an atomic write's temporary file), or a
+    folder of nothing else (an empty folder included)."""
+    if hydra_wrote(path) or path.name == ckpt.LOCK_FILE:
+        return True
+    if path.name.startswith(".") and path.name.endswith(".tmp"):
+        return True
+    return path.is_dir() and all(_left_before_a_start(p) for p in path.iterdir())
+
+
+class NotARunDir(GrokError):
+    """The output folder exists and holds files, but no grok run."""
 
 
 def check_run_or_batch(run_dir: Path, seeds: list[int]) -> None:

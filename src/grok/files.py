@@ -47,13 +47,18 @@ def remove_if_unused(folder: Path, also: tuple[str, ...] = (),
     the folders of `made` (the parents Hydra created for it, deepest first, e.g.
     outputs/runs/<date>) that this leaves empty."""
     folder = Path(folder)
-    if folder.is_dir() and all(p.name in (".hydra", *also) or p.suffix == ".log"
-                               for p in folder.iterdir()):
+    if folder.is_dir() and all(hydra_wrote(p) or p.name in also for p in folder.iterdir()):
         shutil.rmtree(folder)
         for parent in made:
             if not parent.is_dir() or any(parent.iterdir()):
                 break
             parent.rmdir()
+
+
+def hydra_wrote(path: Path) -> bool:
+    """Whether path is what Hydra writes into a job's output folder before the job begins: its
+    record (.hydra/) or the job's log file."""
+    return path.name == ".hydra" or path.suffix == ".log"
 
 
 def file_in_the_way(path: Path) -> Path | None:

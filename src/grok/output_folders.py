@@ -1,5 +1,5 @@
-"""The Hydra callback of grok.main and grok.compare that looks at the output folder before Hydra
-creates it (hydra.callbacks in conf/config.yaml and conf/compare.yaml)."""
+"""The Hydra callbacks of grok.main and grok.compare that look at the output folder before Hydra
+creates it or writes into it (hydra.callbacks in conf/config.yaml and conf/compare.yaml)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from grok import commands
+from grok.assemble import check_output_folder
+from grok.errors import GrokError
 from grok.files import file_in_the_way
 
 # the parents of this run's output folder that did not exist before Hydra made it, deepest first
@@ -32,10 +34,26 @@ class NoteNewFolders(Callback):
         _refuse_a_file("hydra.sweep.dir", Path(str(config.hydra.sweep.dir)).absolute())
 
 
+class RefuseNonRunFolder(Callback):
+    """hydra.callbacks of grok.main: a hydra.run.dir that exists and holds files but no run (a
+    project folder, say) is refused before Hydra writes its record and log into it. (The sweeper
+    checks a sweep's job folders; grok_sweeper.)"""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_output_folder(Path(str(config.hydra.run.dir)), "hydra.run.dir")
+        except GrokError as exc:
+            _refuse(str(exc))
+
+
 def _refuse_a_file(key: str, folder: Path) -> None:
     file = file_in_the_way(folder)
     if file is not None:
-        # SystemExit, not GrokError: no entry point is running yet to turn it into one line
-        print(f"error: {commands.override(key, folder)} cannot be made: {file} is a file; "
-              f"choose another {key}", file=sys.stderr)
-        raise SystemExit(1)
+        _refuse(f"{commands.override(key, folder)} cannot be made: {file} is a file; "
+                f"choose another {key}")
+
+
+def _refuse(problem: str) -> None:
+    # SystemExit, not GrokError: no entry point is running yet to turn it into one line
+    print(f"error: {problem}", file=sys.stderr)
+    raise SystemExit(1)

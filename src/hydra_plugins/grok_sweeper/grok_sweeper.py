@@ -5,7 +5,8 @@ Hydra's basic sweeper composes each batch of jobs before launching it, but grok'
 before it had trained. This sweeper computes the same jobs in the same order
 (BasicSweeper.split_arguments), composes each job's config as its launcher will and runs it
 through to_config, all before the first job starts: a bad job refuses the whole sweep, one line
-per bad job, before any folder is written.
+per bad job, before any folder is written. A job whose folder exists and holds files but no run
+(grok.assemble.check_output_folder) is a bad job too.
 """
 
 # No `from __future__ import annotations`: Hydra imports plugin modules without entering them in
@@ -13,6 +14,7 @@ per bad job, before any folder is written.
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
@@ -55,6 +57,7 @@ class GrokSweeper(BasicSweeper):
     def job_problem(self, num: int, job: Sequence[str]) -> str | None:
         """What is wrong with the config of job `num` with these overrides (one line), or None."""
         # imported here: Hydra imports every plugin module at startup, in every grok command
+        from grok.assemble import check_output_folder
         from grok.config import to_config
         from grok.errors import GrokError
 
@@ -69,9 +72,11 @@ class GrokSweeper(BasicSweeper):
                 cfg.hydra.job.id = num
                 cfg.hydra.job.num = num
             hydra_config.set_config(cfg)
+            job_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
             with read_write(cfg), open_dict(cfg):
                 del cfg["hydra"]
             to_config(cfg)
+            check_output_folder(job_dir, "hydra.sweep.dir")
         except (GrokError, HydraException, OmegaConfBaseException) as exc:
             cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else None
             return ": ".join(str(e).strip().splitlines()[0] for e in (exc, cause) if e)
