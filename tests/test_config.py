@@ -73,6 +73,10 @@ def test_defaults():
     (["split.seed=99999999999999999999"], "split.seed"),
     (["seeds=[0,4294967296]"], "seeds"),
     (["train.checkpoints=0"], "train.checkpoints"),  # the default analysis needs them
+    # numpy overflowed with a traceback on 20 digits; 10^16 steps were killed for memory
+    (["steps=100000000000000000000"], "steps"),
+    (["steps=9007199254740993"], "steps"),
+    (["train.checkpoints=1000001"], "train.checkpoints"),  # 10^9 took 8 GB before the disk check
 ])
 def test_out_of_range_values_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as err:
@@ -90,6 +94,8 @@ def test_values_next_to_the_bounds_are_accepted():
     assert compose_config("train.checkpoints=0", "analysis=none").train.checkpoints == 0
     assert compose_config("task.p=4096", "split.seed=0").task.p == 4096
     assert compose_config("seed=4294967295", "split.seed=4294967295").seed == 2**32 - 1
+    assert compose_config("steps=9007199254740992").steps == 2**53
+    assert compose_config("train.checkpoints=1000000").train.checkpoints == 10**6
 
 
 @pytest.mark.parametrize("override,needle", [

@@ -1,3 +1,6 @@
+import tracemalloc
+
+import pytest
 import torch
 
 from grok.train.sampler import BatchSampler
@@ -43,9 +46,23 @@ def test_the_headline_long_run_has_checkpoints_around_its_transition():
         1000, 12, "log+linear")
 
 
+def listed(at, upto: int) -> set[int]:
+    """The steps of 0..upto (and a few before and after) that `at` evaluates."""
+    return {s for s in range(-3, upto + 4) if s in at}
+
+
 def test_eval_steps_cover_cadence_and_checkpoints():
     at = eval_steps(100, 30, [7, 55])
-    assert at == {0, 30, 60, 90, 100, 7, 55}
+    assert listed(at, 100) == {0, 30, 60, 90, 100, 7, 55}
+
+
+@pytest.mark.parametrize("steps,every,extra", [
+    (100, 30, [7, 55, 60]), (100, 1, [3]), (99, 100, []), (0, 5, []), (40_000, "auto", [1, 20_050]),
+    (20_000, "auto", [20_000]), (20_499, "auto", [20_499]), (19_999, "auto", []),
+])
+def test_the_count_of_evaluations_is_the_number_of_steps_that_evaluate(steps, every, extra):
+    at = eval_steps(steps, every, extra)
+    assert len(at) == len(listed(at, steps))
 
 
 def test_eval_every_auto_is_every_100_steps_to_step_20k_then_every_500():
@@ -54,11 +71,26 @@ def test_eval_every_auto_is_every_100_steps_to_step_20k_then_every_500():
     expected = ({s for s in range(0, 400_002) if s % 100 == 0 and s <= 20_000}
                 | {s for s in range(0, 400_002) if s % 500 == 0 and s > 20_000}
                 | {3, 20_050, 123_457, 400_001})
-    assert at == expected
+    assert listed(at, 400_001) == expected
     assert 20_100 not in at and 20_500 in at
     # below 20k steps it is every 100 steps, as the default runs were evaluated before auto
-    assert eval_steps(1000, "auto", [7]) == eval_steps(1000, 100, [7])
-    assert eval_steps(LONG_RUN_STEPS, "auto", []) == eval_steps(LONG_RUN_STEPS, 100, [])
+    assert listed(eval_steps(1000, "auto", [7]), 1000) == listed(eval_steps(1000, 100, [7]), 1000)
+    assert (listed(eval_steps(LONG_RUN_STEPS, "auto", []), LONG_RUN_STEPS)
+            == listed(eval_steps(LONG_RUN_STEPS, 100, []), LONG_RUN_STEPS))
+
+
+def test_the_schedule_of_a_very_long_run_takes_no_memory_in_proportion_to_it():
+    """It was a set of every evaluated step: 2 * 10^13 of them for steps=10^16 (the kernel
+    killed the process), 10^9 for a 10^9-step run evaluated every step."""
+    tracemalloc.start()
+    eval_steps(10**7, 1, [5])  # was ~500 MB
+    assert tracemalloc.get_traced_memory()[1] < 100_000
+    tracemalloc.stop()
+    at = eval_steps(10**16, 1, [5])
+    assert 10**16 - 1 in at and 10**16 in at and 10**16 + 1 not in at and -1 not in at
+    late = eval_steps(10**16, "auto", [])
+    assert 10**15 in late and 10**15 + 100 not in late
+    assert len(late) == 20_000 // 100 + 1 + (10**16 - 20_000) // 500
 
 
 def test_the_headline_long_run_evaluates_about_a_thousand_times():
@@ -66,7 +98,7 @@ def test_the_headline_long_run_evaluates_about_a_thousand_times():
     s = build_settings(compose_config("split=structured", "steps=400000"), {},
                        torch.device("cpu"))
     assert s.eval_every == "auto"
-    at = eval_steps(s.steps, s.eval_every, s.checkpoint_steps)
+    at = listed(eval_steps(s.steps, s.eval_every, s.checkpoint_steps), s.steps)
     assert 1000 <= len(at) <= 1200
     assert set(range(0, 20_001, 100)) <= at and set(s.checkpoint_steps) <= at
 

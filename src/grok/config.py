@@ -32,6 +32,12 @@ MAX_MODULUS = 4096  # p^2 pairs are built and evaluated: ~17M at the bound, 80 G
 # torch generators take 64-bit seeds, and the minibatch order seeds one with seed * 1_000_003 +
 # epoch (grok.train.sampler): a larger seed fails with an overflow once training has begun
 MAX_SEED = 2**32 - 1
+# the checkpoint schedule spaces steps in float64 (np.geomspace), which holds integers exactly up
+# to 2^53; numpy overflowed on 20-digit counts with a traceback
+MAX_STEPS = 2**53
+# the checkpoint schedule is computed as arrays of this length before the disk check can refuse
+# it (10^9 took 8 GB); a million checkpoints of even a tiny model fill tens of gigabytes
+MAX_CHECKPOINTS = 10**6
 
 
 class ConfigError(GrokError, ValueError):
@@ -233,8 +239,10 @@ def check(cfg: Config) -> Config:
     if tr.eval_every != "auto" and not _is_int(tr.eval_every, minimum=1):
         _fail("train.eval_every", tr.eval_every, "choose a number of steps >= 1 or auto")
     _positive("train.resume_every", tr.resume_every)
-    if tr.checkpoints != "auto" and not _is_int(tr.checkpoints, minimum=0):
-        _fail("train.checkpoints", tr.checkpoints, "choose a count >= 0 or auto")
+    if tr.checkpoints != "auto" and not (_is_int(tr.checkpoints, minimum=0)
+                                         and tr.checkpoints <= MAX_CHECKPOINTS):
+        _fail("train.checkpoints", tr.checkpoints,
+              f"choose a count from 0 to {MAX_CHECKPOINTS} or auto")
     if tr.checkpoints == 0 and cfg.analysis.name != "none":
         _fail("train.checkpoints", 0, f"analysis={cfg.analysis.name} reads the analysis "
                                       "checkpoints; save some or choose analysis=none")
@@ -245,7 +253,8 @@ def check(cfg: Config) -> Config:
 
     check_analysis(cfg.analysis)
     check_logger(cfg.logger)
-    _positive("steps", cfg.steps)
+    if not (_is_int(cfg.steps, minimum=1) and cfg.steps <= MAX_STEPS):
+        _fail("steps", cfg.steps, f"must be a positive integer up to 2^53 = {MAX_STEPS}")
     if not 0 <= cfg.seed <= MAX_SEED:
         _fail("seed", cfg.seed, f"must be in 0..{MAX_SEED}")
     if s.seed is not None and not 0 <= s.seed <= MAX_SEED:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 # train.checkpoints=auto: a short run needs few analysis checkpoints, but a long one needs many,
@@ -47,14 +49,41 @@ def checkpoint_steps(steps: int, count: int, spacing: str) -> list[int]:
     return sorted(chosen)
 
 
-def eval_steps(steps: int, eval_every: int | str, extra: list[int]) -> set[int]:
+def eval_steps(steps: int, eval_every: int | str, extra: list[int]) -> EvalSteps:
     """Every eval_every steps (auto: every AUTO_EVAL_EVERY up to step LONG_RUN_STEPS, every
     AUTO_EVAL_EVERY_LATE after it), plus 0, the last step and the `extra` steps (checkpoints), so
     that every saved checkpoint has its train and test metrics."""
-    if eval_every == "auto":
-        early = range(0, min(steps, LONG_RUN_STEPS) + 1, AUTO_EVAL_EVERY)
-        late = range(LONG_RUN_STEPS, steps + 1, AUTO_EVAL_EVERY_LATE)
-        cadence = set(early) | set(late)
-    else:
-        cadence = set(range(0, steps + 1, int(eval_every)))
-    return cadence | {0, steps} | set(extra)
+    return EvalSteps(steps, eval_every, frozenset(extra))
+
+
+@dataclass(frozen=True)
+class EvalSteps:
+    """The steps that evaluate (eval_steps), as a test of membership and a count: a set of them
+    would take memory in proportion to the run's length, gigabytes for a long run evaluated
+    every step."""
+
+    steps: int
+    every: int | str
+    extra: frozenset[int]
+
+    def __contains__(self, step: int) -> bool:
+        return step in self.extra or step == self.steps or self._on_cadence(step)
+
+    def __len__(self) -> int:
+        off_cadence = {s for s in self.extra | {self.steps} if not self._on_cadence(s)}
+        return self._cadence_count() + len(off_cadence)
+
+    def _every(self, step: int) -> int:
+        if self.every == "auto":
+            return AUTO_EVAL_EVERY if step <= LONG_RUN_STEPS else AUTO_EVAL_EVERY_LATE
+        return int(self.every)
+
+    def _on_cadence(self, step: int) -> bool:
+        return 0 <= step <= self.steps and step % self._every(step) == 0
+
+    def _cadence_count(self) -> int:
+        if self.every != "auto":
+            return self.steps // int(self.every) + 1
+        early = min(self.steps, LONG_RUN_STEPS) // AUTO_EVAL_EVERY + 1
+        late = max(0, self.steps // AUTO_EVAL_EVERY_LATE - LONG_RUN_STEPS // AUTO_EVAL_EVERY_LATE)
+        return early + late
