@@ -1,3 +1,5 @@
+import os
+import sys
 from pathlib import Path
 
 import grok.conf
@@ -5,6 +7,7 @@ import pytest
 
 from grok.assemble import NotARunDir, check_output_folder
 from grok.config import ConfigError
+from grok.main import main
 from tests.conftest import compose_config, run_cli
 
 CONF = Path(grok.conf.__file__).parent
@@ -149,6 +152,33 @@ def test_an_output_folder_under_a_file_is_one_line(tmp_path, module, args):
         f"error: {key}={args[-1].split('=', 1)[1].format(file=file)} cannot be made: {file} is a "
         f"file; choose another {key}"]
     assert file.read_text() == "mine" and sorted(tmp_path.iterdir()) == [file]
+
+
+@pytest.mark.usefixtures("cli_logging")
+@pytest.mark.parametrize("args,key", [
+    (("hydra.run.dir={shared}/run",), "hydra.run.dir"),
+    (("hydra.run.dir={shared}",), "hydra.run.dir"),  # a colleague's run, say
+    (("-m", "seed=0,1", "hydra.sweep.dir={shared}/sweep"), "hydra.sweep.dir"),
+])
+def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, capsys,
+                                                             args, key):
+    """Hydra's mkdir (or its record) raised PermissionError with a traceback. Root ignores
+    permissions, so a folder it cannot write into is simulated."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: (
+        Path(path) != shared and access(path, mode, **kw)))
+    args = [a.format(shared=shared) for a in args]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["grok.main", *args, "task.p=7", "steps=5", "logger=none"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {args[-1]}: cannot write into {shared} (read-only or no permission); choose "
+        f"another {key}"]
+    assert sorted(tmp_path.rglob("*")) == [shared]
 
 
 def a_project_folder(tmp_path: Path) -> tuple[Path, dict[str, str]]:

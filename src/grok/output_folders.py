@@ -3,6 +3,7 @@ creates it or writes into it (hydra.callbacks in conf/config.yaml and conf/compa
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,15 +24,16 @@ class NoteNewFolders(Callback):
     """hydra.callbacks of grok.main and grok.compare: notes, before Hydra creates the output
     folder, which of its parents it creates with it (outputs/runs/<date>/ on a first run), so
     that a refused command removes them too (grok.files.remove_if_unused). An output folder
-    that is a file, or lies under one, is refused here: Hydra's mkdir raised a traceback."""
+    that is a file, lies under one or cannot be written is refused here: Hydra's mkdir raised a
+    traceback."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         folder = Path(str(config.hydra.run.dir)).absolute()
-        _refuse_a_file("hydra.run.dir", folder)
+        _refuse_unwritable("hydra.run.dir", folder)
         NEW_FOLDERS[:] = [p for p in folder.parents if not p.exists()]
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _refuse_a_file("hydra.sweep.dir", Path(str(config.hydra.sweep.dir)).absolute())
+        _refuse_unwritable("hydra.sweep.dir", Path(str(config.hydra.sweep.dir)).absolute())
 
 
 class RefuseNonRunFolder(Callback):
@@ -46,11 +48,18 @@ class RefuseNonRunFolder(Callback):
             _refuse(str(exc))
 
 
-def _refuse_a_file(key: str, folder: Path) -> None:
+def _refuse_unwritable(key: str, folder: Path) -> None:
+    """Refuse an output folder that cannot be made or written: a file in the way, or a folder
+    (the output folder or its deepest existing parent) this user cannot write into, where
+    Hydra's mkdir or its record raised a traceback."""
     file = file_in_the_way(folder)
     if file is not None:
         _refuse(f"{commands.override(key, folder)} cannot be made: {file} is a file; "
                 f"choose another {key}")
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        _refuse(f"{commands.override(key, folder)}: cannot write into {existing} (read-only or "
+                f"no permission); choose another {key}")
 
 
 def _refuse(problem: str) -> None:
