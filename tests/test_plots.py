@@ -1,6 +1,7 @@
 """The step axis of the grokking figures: linear for runs of about t_grok's length, logarithmic
 for runs much longer than it (where a linear axis would squeeze the transition into a pixel)."""
 
+import numpy as np
 import pytest
 
 from grok import plots
@@ -93,3 +94,26 @@ def test_the_rank_axis_spans_the_width_of_the_representation(model, top):
     r = report(1000, 2000, 100)
     r["model"] = model
     assert plots._rank_ylim(r) == pytest.approx((0.0, top * 1.02))
+
+
+def _edge_is_blank(png_path) -> bool:
+    """True when the outermost 2 pixels of the figure hold only its white background: nothing
+    drawn there was cut off by the edge."""
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(png_path)[..., :3]
+    edge = np.concatenate([pixels[:2].reshape(-1, 3), pixels[-2:].reshape(-1, 3),
+                           pixels[:, :2].reshape(-1, 3), pixels[:, -2:].reshape(-1, 3)])
+    return bool((edge > 0.99).all())
+
+
+@pytest.mark.parametrize("names", [
+    ("tn_similarity", "act_similarity", "js_divergence"),
+    ("tn_similarity", "act_similarity", "js_divergence", "tn_exact_similarity"),  # bilinear
+])
+def test_heatmaps_keep_their_axis_labels_inside_the_figure(tmp_path, names):
+    steps = [0, 1, 5, 21, 96, 400, 437, 800, 1200, 1600, 2000]
+    rng = np.random.default_rng(0)
+    matrices = {name: rng.random((len(steps), len(steps))) for name in names}
+    path = plots.trajectory_heatmaps(matrices, steps, tmp_path / "h.png", t_grok=1800)
+    assert _edge_is_blank(path)

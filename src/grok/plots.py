@@ -293,6 +293,10 @@ def trajectory_heatmaps(matrices: dict, steps: list[int], path: Path,
             ax.axvline(pos, color="white", ls="--", lw=1)
             ax.axhline(pos, color="white", ls="--", lw=1)
     fig.suptitle(f"checkpoint-by-checkpoint matrices ({n} checkpoints; {_grok_note(t_grok)})")
+    # tight_layout sizes the margins before the square images and their colour bars take their
+    # final place, which pushed the x label past the bottom edge; the second pass (in _save)
+    # measures the settled axes.
+    fig.tight_layout()
     return _save(fig, path)
 
 
