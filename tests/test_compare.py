@@ -63,6 +63,21 @@ def test_delay_factors_and_seed_aggregates_by_hand(tmp_path):
         compare(entries, "nope")
 
 
+def test_printed_table_says_when_a_mean_covers_only_some_seeds(tmp_path):
+    """Seed 1 never reaches 99% test accuracy: the printed 480 is seed 0's alone, and a reader
+    must not take it for the variant's."""
+    reached, never = fake_report(300), fake_report(300)
+    reached["step_test_acc_0.99"] = 480
+    entries = [RunEntry(tmp_path / "r0", "random", 0, reached),
+               RunEntry(tmp_path / "r1", "random", 1, never)]
+    lines = format_table(compare(entries, "random")).splitlines()
+    header, row = lines[0], lines[1]
+    column = header.index("acc>=.99")
+    assert row[column:].startswith("480 (1/2)")
+    assert row[header.index("t_grok"):].startswith("300 ")  # both seeds have one: no count
+    assert lines[-1].startswith("(k/n): mean over the k")
+
+
 def test_band_interpolates_seeds_onto_a_common_grid():
     b = band([([0, 10, 20], [0.0, 1.0, 2.0]), ([0, 20], [2.0, 4.0])])
     np.testing.assert_allclose(b["step"], [0, 10, 20])

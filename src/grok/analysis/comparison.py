@@ -124,6 +124,10 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _seeds_with_value(rows: list[dict[str, Any]], label: str, key: str) -> int:
+    return sum(r["label"] == label and r[key] is not None for r in rows)
+
+
 def format_table(result: dict[str, Any]) -> str:
     """The comparison as printed text: one line per variant (mean ± std over seeds)."""
     cols = [("t_grok", "t_grok"), ("delay", "delay_factor"),
@@ -133,11 +137,19 @@ def format_table(result: dict[str, Any]) -> str:
               for when in ("before", "after")]]
     header = ["variant", "runs", "grokked", *[c[0] for c in cols]]
     lines = [header]
+    partial = False
     for v in result["variants"]:
         cells = [v["label"], str(v["n_runs"]), str(v["n_grokked"])]
         for _, key in cols:
             mean, std = v[f"{key}_mean"], v[f"{key}_std"]
-            cells.append(_fmt(mean) + (f" ± {_fmt(std, 2)}" if std else ""))
+            cell = _fmt(mean) + (f" ± {_fmt(std, 2)}" if std else "")
+            # A mean over the seeds that have a value reads as the variant's; say when some
+            # seeds have none (never reached 99%, no t_grok), or "480" hides a seed that failed.
+            count = _seeds_with_value(result["runs"], v["label"], key)
+            if 0 < count < v["n_runs"]:
+                cell += f" ({count}/{v['n_runs']})"
+                partial = True
+            cells.append(cell)
         lines.append(cells)
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     text = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in lines]
@@ -146,5 +158,7 @@ def format_table(result: dict[str, Any]) -> str:
     text.append(f"baseline: {result['baseline']} (mean t_grok {_fmt(base)}); delay = t_grok / "
                 f"baseline mean t_grok; before/after at the checkpoints nearest t_grok/{ratio} "
                 f"and {ratio}*t_grok")
+    if partial:
+        text.append("(k/n): mean over the k of the variant's n runs that have a value")
     return "\n".join(text)
 
