@@ -117,3 +117,24 @@ def test_heatmaps_keep_their_axis_labels_inside_the_figure(tmp_path, names):
     matrices = {name: rng.random((len(steps), len(steps))) for name in names}
     path = plots.trajectory_heatmaps(matrices, steps, tmp_path / "h.png", t_grok=1800)
     assert _edge_is_blank(path)
+
+
+def test_bilinear_figures_span_the_run_and_name_the_hidden_layer(tmp_path, monkeypatch):
+    """The bilinear model has no attention and no '=' position: its entropy figure is empty but
+    still spans the run's steps (not a few steps around t_grok), and its rank is the hidden
+    layer's."""
+    r = report(1800, 2000, 100)
+    r["model"] = {"arch": "bilinear", "d_embed": 8, "d_hidden": 16}
+    r["avg_entropy"] = None
+    seen = {}
+    save = plots._save
+
+    def record(fig, path):
+        seen[path.name] = [(ax.get_xlim(), ax.get_ylabel()) for ax in fig.axes]
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", record)
+    plots.grokking_figures(r, tmp_path)
+    (left, right), _ = seen["grokking_entropy.png"][0]
+    assert left <= 0 and right >= 2000
+    assert seen["grokking_rank.png"][0][1] == "effective rank of the hidden layer"

@@ -87,13 +87,24 @@ def _rank_panel(ax, report: dict) -> None:
                 markersize=3, label=f"layer {layer + 1}")
     ax.plot(steps, report["final_layer_rank"], color="tab:purple", linewidth=2, marker=".",
             markersize=4, label=f"layer {n_layers} (final)")
-    ax.set(ylim=_rank_ylim(report), ylabel="effective rank at '='")
+    ax.set(ylim=_rank_ylim(report), ylabel=_rank_label(report))
+
+
+def _rank_label(report: dict) -> str:
+    """The bilinear model never reads a '=' position: its rank is its hidden layer's."""
+    if (report.get("model") or {}).get("arch") == "bilinear":
+        return "effective rank of the hidden layer"
+    return "effective rank at '='"
 
 
 def _entropy_panel(ax, report: dict) -> None:
     steps = report["checkpoint_steps"]
     if report["avg_entropy"] is None:
         ax.text(0.5, 0.5, "no attention", transform=ax.transAxes, ha="center")
+        # Nothing is plotted, so the step axis would otherwise span a few steps around the
+        # t_grok line; it spans the run's checkpoints like the other panels.
+        ax.update_datalim([(steps[0], 0.0), (steps[-1], 0.0)])
+        ax.autoscale_view()
     else:
         rows = report["full_analyses"]
         for layer in range(len(rows[0]["layer_entropy"])):
