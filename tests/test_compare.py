@@ -78,6 +78,15 @@ def test_printed_table_says_when_a_mean_covers_only_some_seeds(tmp_path):
     assert lines[-1].startswith("(k/n): mean over the k")
 
 
+def test_runs_csv_lists_its_columns_in_the_documented_order(tmp_path):
+    from grok.analysis.comparison import RUN_COLUMNS, write_tables
+
+    entries = [RunEntry(tmp_path / "r0", "random", 0, fake_report(300))]
+    paths = write_tables(compare(entries, "random"), tmp_path / "out")
+    header = paths["runs"].read_text().splitlines()[0].split(",")
+    assert header == RUN_COLUMNS and header[-1] == "run_dir"
+
+
 def test_band_interpolates_seeds_onto_a_common_grid():
     b = band([([0, 10, 20], [0.0, 1.0, 2.0]), ([0, 20], [2.0, 4.0])])
     np.testing.assert_allclose(b["step"], [0, 10, 20])

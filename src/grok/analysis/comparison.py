@@ -60,7 +60,8 @@ def run_row(entry: RunEntry, baseline_t: float | None) -> dict[str, Any]:
     for name in CONTRASTS:
         for when in ("before", "after"):
             row[f"{name}_{when}"] = (points.get(when) or {}).get(name)
-    return row
+    # in RUN_COLUMNS' order, as runs.csv and compare.json show it (run_dir last, as in W&B)
+    return {col: row[col] for col in RUN_COLUMNS}
 
 
 def _mean_std(values: list) -> tuple[float | None, float | None]:
