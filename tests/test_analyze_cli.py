@@ -6,12 +6,13 @@ import shutil
 import sys
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_module
 
 from grok.analysis import runner
-from grok.analyze import analyze, to_analyze_config
+from grok.analyze import PosthocLoggerConfig, analyze, posthoc_logger, to_analyze_config
 from grok.analyze import main as analyze_main
-from grok.config import ConfigError
+from grok.config import ConfigError, LoggerConfig
 from tests.conftest import compose_config, ctrl_c, no_keyboard_interrupt, run_cli
 from tests.wandb_records import history, offline_runs, read_records, run_record
 
@@ -28,7 +29,40 @@ def cli_run(tiny_runs, tmp_path):
     return run_dir
 
 
+def log_like(run_dir, **logger) -> None:
+    """Make run_dir's config record say that it was trained with these logger.* settings."""
+    record = run_dir / ".hydra" / "accepted" / "config.yaml"
+    cfg = yaml.safe_load(record.read_text())
+    cfg["logger"].update(logger)
+    record.write_text(yaml.safe_dump(cfg))
+
+
+def test_each_logger_setting_not_given_is_the_training_runs():
+    """grok.analyze used grok.main's defaults: a run trained with logger.project=X had its
+    analysis run in project grok, away from it, and a CSV-logged run got a W&B run."""
+    trained = compose_config("logger.project=mine", "logger.entity=lab", "logger.tags=[a]")
+    assert posthoc_logger(to_analyze_config(compose_analyze("run_dir=x")).logger,
+                          trained) == LoggerConfig("wandb", "mine", "lab", None, ["a"])
+    given = to_analyze_config(compose_analyze("run_dir=x", "logger.project=other")).logger
+    assert posthoc_logger(given, trained) == LoggerConfig("wandb", "other", "lab", None, ["a"])
+    csv = to_analyze_config(compose_analyze("run_dir=x", "logger=csv")).logger
+    assert posthoc_logger(csv, trained).backend == "csv"
+    assert posthoc_logger(given, None) == LoggerConfig(project="other")  # no record: defaults
+    assert posthoc_logger(PosthocLoggerConfig(), None) == LoggerConfig()
+
+
+def test_a_csv_logged_run_is_analysed_into_its_csv_log_not_a_wandb_run(cli_run, tmp_path):
+    log_like(cli_run, backend="csv")
+    result = run_cli(f"run_dir={cli_run}", "t_grok=20", cwd=tmp_path, module="grok.analyze")
+    assert result.returncode == 0, result.stderr
+    assert not (cli_run / "wandb").exists()
+    summary = json.loads((cli_run / "logs" / "summary.json").read_text())
+    assert summary["analysis/t_grok"] == 20
+
+
 def test_cli_post_hoc_analysis_with_forced_t_grok_logs_an_analysis_wandb_run(cli_run, tmp_path):
+    """Into the training run's W&B project, with its tags, without a logger.* override."""
+    log_like(cli_run, backend="wandb", project="my-grokking", tags=["mine"])
     record = (cli_run / ".hydra" / "accepted" / "config.yaml").read_text()
     result = run_cli(f"run_dir={cli_run}", "t_grok=20", "device=cpu", cwd=tmp_path,
                      module="grok.analyze")
@@ -53,6 +87,7 @@ def test_cli_post_hoc_analysis_with_forced_t_grok_logs_an_analysis_wandb_run(cli
     assert [h["rank/final"] for h in logged] == pytest.approx(report["final_layer_rank"])
     assert meta["run_group"].startswith("add7-random0.8-power_2l-")
     assert meta["display_name"] == "add7-random0.8-power_2l-s0-analysis"
+    assert meta["project"] == "my-grokking" and "mine" in meta["tags"]
 
     missing = run_cli(f"run_dir={tmp_path / 'nope'}", cwd=tmp_path, module="grok.analyze")
     assert missing.returncode == 1 and "Traceback" not in missing.stderr

@@ -3,7 +3,7 @@
 Rebuilds the analyses of a run from its directory alone: task and split from split.pt (checksum
 verified, never recomputed), models from the checkpoints, t_grok from metrics.jsonl. It never
 trains. Results overwrite the run's analysis/ and plots/ files and go to a logger run of job type
-"analysis" (W&B by default, offline unless told otherwise).
+"analysis", logged as the training run logged unless logger.* says otherwise (posthoc_logger).
 """
 
 from __future__ import annotations
@@ -50,13 +50,25 @@ from grok.tracking import Logger, build_logger
 
 
 @dataclass
+class PosthocLoggerConfig:
+    """LoggerConfig's settings, each None unless given on the command line: None takes the
+    training run's own (posthoc_logger)."""
+
+    backend: str | None = None
+    project: str | None = None
+    entity: str | None = None
+    mode: str | None = None
+    tags: list[str] | None = None
+
+
+@dataclass
 class AnalyzeConfig:
     run_dir: str = MISSING
     t_grok: int | None = None
     device: str = "auto"
     progress: bool = True
     analysis: AnalysisConfig = field(default_factory=lambda: AnalysisConfig(name="grokking"))
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    logger: PosthocLoggerConfig = field(default_factory=PosthocLoggerConfig)
 
 
 def register() -> None:
@@ -80,8 +92,21 @@ def to_analyze_config(dcfg: DictConfig) -> AnalyzeConfig:
     check_logger(obj.logger)
     if obj.t_grok is not None and obj.t_grok < 0:
         raise ConfigError(f"t_grok={obj.t_grok} is invalid: must be a step >= 0")
-    obj.logger.tags = list(obj.logger.tags)
+    if obj.logger.tags is not None:
+        obj.logger.tags = list(obj.logger.tags)
     return obj
+
+
+def posthoc_logger(given: PosthocLoggerConfig, trained: Config | None) -> LoggerConfig:
+    """The logger settings of a post-hoc analysis: each one given on the command line, else the
+    training run's recorded one, else grok.main's default. So the analysis run lands where its
+    training run logged (the same W&B project and entity beside it, or the run's CSV log)
+    without repeating the run's logger.* overrides, which the printed grok.analyze commands do
+    not carry."""
+    recorded = trained.logger if trained is not None else LoggerConfig()
+    return LoggerConfig(**{f.name: value if (value := getattr(given, f.name)) is not None
+                           else getattr(recorded, f.name)
+                           for f in dataclasses.fields(LoggerConfig)})
 
 
 def analyze(cfg: AnalyzeConfig, logger: Logger | None = None) -> dict:
@@ -145,7 +170,7 @@ def recorded_config(run_dir: Path) -> Config | None:
 def open_logger(cfg: AnalyzeConfig, run: LoadedRun, trained: Config | None) -> Logger:
     """A logger run of job type "analysis", grouped and named like the training run (its
     recorded config `trained`; generic names when there is none)."""
-    lc = cfg.logger
+    lc = posthoc_logger(cfg.logger, trained)
     info: dict[str, Any] = {"run_dir": str(run.run_dir.resolve()), "t_grok": cfg.t_grok,
                             "split_checksum": run.split.checksum}
     if trained is not None:

@@ -275,7 +275,9 @@ def check_device(device: str) -> None:
 
 
 def check_logger(lc: LoggerConfig) -> None:
-    _one_of("logger.backend", lc.backend, LOGGERS)
+    # grok.analyze leaves a setting None to take the training run's (grok.analyze.posthoc_logger)
+    if lc.backend is not None:
+        _one_of("logger.backend", lc.backend, LOGGERS)
     if lc.mode is not None:
         _one_of("logger.mode", lc.mode, ("online", "offline", "disabled"))
 
