@@ -1,18 +1,19 @@
 """K seeds trained as one batched model must leave exactly what K separate runs leave."""
 
 import json
+import sys
 
 import pytest
 import torch
 import yaml
 
 from grok.config import ConfigError
-from grok.main import run, run_seeds
+from grok.main import main, run, run_seeds
 from grok.tracking import InMemoryLogger
 from grok.train import checkpoint as ckpt
 from grok.train.multiseed import SeedBatch
 from grok.train.trainer import ResumeMismatch
-from tests.conftest import run_cli, tiny_config
+from tests.conftest import TINY, run_cli, tiny_config
 from tests.test_trainer import make_trainer, without_time
 from tests.wandb_records import offline_runs, read_records, run_record
 
@@ -199,3 +200,52 @@ def test_a_command_refused_in_a_seeds_directory_leaves_its_record(tmp_path):
     assert {p.name: p.read_text() for p in (seed_dir / ".hydra").glob("*.yaml")} == before
     analysed = run_cli(f"run_dir={seed_dir}", "logger=none", cwd=tmp_path, module="grok.analyze")
     assert analysed.returncode == 0, analysed.stderr
+
+
+def free_space_for_one_and_a_half_seeds(tmp_path, monkeypatch) -> int:
+    """Report 1.5 times the checkpoint bytes a run of tiny_config() writes as free: one seed of
+    a batch fits, two do not. Returns those bytes."""
+    run(tiny_config(), tmp_path / "one", InMemoryLogger())
+    one = sum(p.stat().st_size for p in (tmp_path / "one" / "checkpoints").iterdir())
+    free = int(1.5 * one)
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda _: type("U", (), {"free": free})())
+    return free
+
+
+def test_a_seed_batch_is_refused_when_its_seeds_together_do_not_fit(tmp_path, monkeypatch,
+                                                                    capsys):
+    """Each seed's check compared its own bytes with the free space, so a batch with room for
+    one seed started and filled the disk mid-run; each seed's disk line now names its seed."""
+    free_space_for_one_and_a_half_seeds(tmp_path, monkeypatch)
+    capsys.readouterr()
+    loggers = [InMemoryLogger(), InMemoryLogger()]
+    with pytest.raises(ckpt.InsufficientDisk, match=r"this seed batch \(2 seeds\) need .* "
+                       r"free some space, train fewer seeds or lower train.checkpoints"):
+        run_seeds(tiny_config("seeds=[3,4]"), tmp_path / "batch", loggers)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("seed_3: disk: checkpoints need ")
+    assert lines[1].startswith("seed_4: disk: checkpoints need ")
+    assert "with the seeds before it" in lines[1] and "with the seeds before it" not in lines[0]
+    assert not any(logger.rows for logger in loggers)
+    assert not (tmp_path / "batch").exists()  # no seed saved its split, nor made its folder
+
+
+def test_a_refused_seed_batch_leaves_no_folder_behind(tmp_path, monkeypatch, capsys,
+                                                      cli_logging):
+    """As a refused single run does: seed_0 had written its split and W&B run by the time the
+    second seed could be checked (and an empty seed_0/ kept even a batch refused at its first
+    seed from being removed)."""
+    free = free_space_for_one_and_a_half_seeds(tmp_path / "probe", monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    args = [a for a in TINY if not a.startswith("logger=")]
+    monkeypatch.setattr(sys, "argv", ["grok.main", *args, "logger=csv", "analysis=none",
+                                      "seeds=[0,1]", f"hydra.run.dir={tmp_path / 'batch'}"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 1
+    [error] = capsys.readouterr().err.splitlines()
+    assert error.startswith("error: the checkpoints of this seed batch (2 seeds) need ")
+    assert error.endswith(f"MB more but only {free / 1e6:.1f} MB are free where "
+                          f"{tmp_path / 'batch'} is; free some space, train fewer seeds or "
+                          "lower train.checkpoints")
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "probe"]

@@ -1,10 +1,13 @@
-"""Build the parts of one training run from its checked config (used by grok.main).
+"""Build the parts of one training run, or of a seed batch's runs, from its checked config (used
+by grok.main).
 
-build_run does, in this order, everything a run needs before its first step: the resume state is
-checked against the command before anything is written or logged, the split is made (or loaded on
-resume), the disk the checkpoints will take is printed and checked, a new split is saved, the
-logger is opened (reopening the saved W&B run on resume) and the trainer is wired. So a split that
-cannot be made or a disk that is too small stops the run before it writes anything.
+build_run does, in this order, everything a run needs before its first step: check_run checks
+the resume state against the command before anything is written or logged, makes the split (or
+loads it on resume) and estimates the disk the checkpoints will take, which is printed and
+checked; then open_run saves a new split, opens the logger (reopening the saved W&B run on
+resume) and wires the trainer. So a split that cannot be made or a disk that is too small stops
+the run before it writes anything. A seed batch checks every seed, and the disk of the whole
+batch, before any seed's open_run (check_batch).
 """
 
 from __future__ import annotations
@@ -41,17 +44,54 @@ class RunParts:
     resume: dict | None  # the contents of last.pt when resuming
 
 
+@dataclass
+class CheckedRun:
+    """A run that passed every check made before anything is written (check_run), with what
+    those checks built: open_run writes its split and wires its trainer."""
+
+    cfg: Config
+    run_dir: Path
+    settings: TrainSettings
+    task: Task
+    model: torch.nn.Module
+    split: Split
+    resume: dict | None  # the contents of last.pt when resuming
+    disk: ckpt.DiskEstimate
+    torch_rng: torch.Tensor  # the global RNG state the model's initialisation left
+
+
 def build_run(cfg: Config, run_dir: Path, device: torch.device,
-              logger: Logger | None = None, batch_dir: Path | None = None,
-              sweep_dir: Path | None = None) -> RunParts:
-    """The parts of the run in run_dir (a seed of the batch in batch_dir, if given; a job of the
-    sweep in sweep_dir, if given, which only changes what a refusal suggests)."""
+              logger: Logger | None = None, sweep_dir: Path | None = None) -> RunParts:
+    """The parts of the run in run_dir (a job of the sweep in sweep_dir, if given, which only
+    changes what a refusal suggests)."""
+    run = check_run(cfg, run_dir, device, sweep_dir=sweep_dir)
+    report_disk(run)
+    return open_run(run, device, logger)
+
+
+def check_batch(cfgs: list[Config], batch_dir: Path, device: torch.device,
+                sweep_dir: Path | None = None) -> list[CheckedRun]:
+    """Check each seed's run batch_dir/seed_<s> of a seed batch (one config per seed), and the
+    disk the whole batch needs, before any seed writes (open_run): a seed refused after the
+    seeds before it had saved their split and opened their W&B run would leave them behind."""
+    runs = [check_run(c, Path(batch_dir) / f"seed_{c.seed}", device, batch_dir, sweep_dir)
+            for c in cfgs]
+    report_batch_disk(runs, Path(batch_dir))
+    return runs
+
+
+def check_run(cfg: Config, run_dir: Path, device: torch.device, batch_dir: Path | None = None,
+              sweep_dir: Path | None = None) -> CheckedRun:
+    """Everything the run in run_dir needs before it writes: the resume state is checked against
+    the command, the model is initialised, the split made (or loaded on resume) and the disk
+    its checkpoints need estimated; run_dir is not made here (a seed of the batch in batch_dir,
+    if given; a job of the sweep in sweep_dir, if given, which only changes what a refusal
+    suggests)."""
     run_dir = Path(run_dir)
     settings = build_settings(cfg, naming.identity(cfg), device)  # may refuse train.compile=true
     if settings.compile and cfg.train.compile == "auto":
         print(f"train.compile=auto: compiling the training step for this {cfg.steps}-step run "
               "(20-60 s at the first step; train.compile=false trains eagerly)", flush=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
     task = build_task(cfg.task.op, cfg.task.p)
     resume = ckpt.load_resume_state(run_dir, map_location=device)
     if resume is not None:
@@ -67,20 +107,29 @@ def build_run(cfg: Config, run_dir: Path, device: torch.device,
         warn_if_threads_differ(resume.get("torch_threads"))
     torch.manual_seed(cfg.seed)  # the model's initial weights are the only global-RNG draw
     model = build_model(model_config(cfg, task)).to(device)
-    split_path = run_dir / "split.pt"
-    split = load_or_make_split(cfg, task, split_path)
-    report_disk(run_dir, model, task, settings.checkpoint_steps,
-                trained_to=None if resume is None else resume["step"])
+    torch_rng = torch.get_rng_state()
+    split = load_or_make_split(cfg, task, run_dir / "split.pt")
+    disk = ckpt.estimate_disk(run_dir, model, model.config_dict(), {"op": task.op, "p": task.p},
+                              settings.checkpoint_steps,
+                              trained_to=None if resume is None else resume["step"])
+    return CheckedRun(cfg, run_dir, settings, task, model, split, resume, disk, torch_rng)
+
+
+def open_run(run: CheckedRun, device: torch.device, logger: Logger | None = None) -> RunParts:
+    """Write the checked run's new split, open its logger (reopening the saved W&B run on
+    resume) and wire its trainer."""
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    split_path = run.run_dir / "split.pt"
     if not split_path.exists():
-        save_split(split, split_path)
-    report_start(cfg, settings, len(split.train_idx), resume)
-    logger = logger or open_logger(cfg, run_dir, split, resume or {})
-    trainer = Trainer(model, task, split, settings, logger, run_dir, device)
+        save_split(run.split, split_path)
+    report_start(run.cfg, run.settings, len(run.split.train_idx), run.resume)
+    logger = logger or open_logger(run.cfg, run.run_dir, run.split, run.resume or {})
+    trainer = Trainer(run.model, run.task, run.split, run.settings, logger, run.run_dir, device)
     trainer.extra_state["wandb_run_id"] = logger.run_id
     trainer.extra_state["torch_threads"] = torch.get_num_threads()
     if hasattr(logger, "history_step"):  # W&B: where a resumed fragment's rows continue
         trainer.extra_state["wandb_step"] = lambda: logger.history_step
-    return RunParts(trainer, logger, resume)
+    return RunParts(trainer, logger, run.resume)
 
 
 def holds_run(run_dir: Path) -> bool:
@@ -164,17 +213,31 @@ def warn_if_threads_differ(saved: int | None) -> None:
             "it exact)", saved, torch.get_num_threads(), saved)
 
 
-def report_disk(run_dir: Path, model: torch.nn.Module, task: Task, steps: list[int],
-                trained_to: int | None) -> None:
+def report_disk(run: CheckedRun) -> None:
     """Print what the run's checkpoints will take; refuse to start if the disk cannot hold it."""
-    estimate = ckpt.estimate_disk(run_dir, model, model.config_dict(),
-                                  {"op": task.op, "p": task.p}, steps, trained_to)
-    print(estimate.line(), flush=True)
-    if estimate.remaining_bytes > estimate.free_bytes:
+    print(run.disk.line(), flush=True)
+    if run.disk.remaining_bytes > run.disk.free_bytes:
         raise ckpt.InsufficientDisk(
-            f"the checkpoints of this run need {estimate.remaining_bytes / 1e6:.1f} MB more but "
-            f"only {estimate.free_bytes / 1e6:.1f} MB are free where {run_dir} is; free some "
+            f"the checkpoints of this run need {run.disk.remaining_bytes / 1e6:.1f} MB more but "
+            f"only {run.disk.free_bytes / 1e6:.1f} MB are free where {run.run_dir} is; free some "
             "space or lower train.checkpoints")
+
+
+def report_batch_disk(runs: list[CheckedRun], batch_dir: Path) -> None:
+    """Print each seed's disk line, named by its seed; refuse the batch if the disk cannot hold
+    what its seeds still write together. Each seed's check counts the bytes of the seeds before
+    it: one seed's bytes against the free space let a batch of 16 start with room for one, and
+    fill the disk mid-run."""
+    ahead = 0
+    for run in runs:
+        print(f"{run.run_dir.name}: {run.disk.line(ahead)}", flush=True)
+        ahead += run.disk.remaining_bytes
+        if ahead > run.disk.free_bytes:
+            need = sum(r.disk.remaining_bytes for r in runs)
+            raise ckpt.InsufficientDisk(
+                f"the checkpoints of this seed batch ({len(runs)} seeds) need {need / 1e6:.1f} MB "
+                f"more but only {run.disk.free_bytes / 1e6:.1f} MB are free where {batch_dir} "
+                "is; free some space, train fewer seeds or lower train.checkpoints")
 
 
 def load_or_make_split(cfg: Config, task: Task, path: Path) -> Split:

@@ -21,7 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 import hydra_plugins.grok_joblib_launcher
 from grok import commands, naming, plots
 from grok.analysis.runner import analysis_lines, run_analysis, settings_from_config
-from grok.assemble import RunParts, build_run, check_run_or_batch, started
+from grok.assemble import (
+    RunParts,
+    build_run,
+    check_batch,
+    check_run_or_batch,
+    open_run,
+    started,
+)
 from grok.config import Config, register_configs, to_config
 from grok.device import resolve_device
 from grok.errors import GrokError
@@ -75,19 +82,19 @@ def run_seeds(cfg: Config, run_dir: Path, loggers: list[Logger] | None = None,
     `loggers` (one per seed) replaces the configured logger backend, e.g. in tests."""
     device = resolve_device(cfg.device)
     cfgs = [dataclasses.replace(cfg, seed=s, seeds=[]) for s in cfg.seeds]
+    # A seed batch trains eagerly (SeedBatch has its own step), so train.compile must neither
+    # ask for a compiler nor announce a compile here.
+    eager = [dataclasses.replace(c, train=dataclasses.replace(c.train, compile=False))
+             for c in cfgs]
     parts: list[RunParts] = []
     exit_code = 1
     try:
-        for i, c in enumerate(cfgs):
-            seed_dir = Path(run_dir) / f"seed_{c.seed}"
-            # A seed batch trains eagerly (SeedBatch has its own step), so train.compile must
-            # neither ask for a compiler nor announce a compile here.
-            eager = dataclasses.replace(c, train=dataclasses.replace(c.train, compile=False))
-            parts.append(build_run(eager, seed_dir, device, loggers[i] if loggers else None,
-                                   batch_dir=Path(run_dir), sweep_dir=sweep_dir))
+        runs = check_batch(eager, Path(run_dir), device, sweep_dir)
+        for i, r in enumerate(runs):
+            parts.append(open_run(r, device, loggers[i] if loggers else None))
             # The global RNG is drawn from only to initialise the model, so a separate run saves
             # the state its seed left there; the batch's own state is the last seed's.
-            parts[-1].trainer.extra_state["torch_rng"] = torch.get_rng_state()
+            parts[-1].trainer.extra_state["torch_rng"] = r.torch_rng
         for c, p in zip(cfgs, parts):  # once every seed's resume check has passed
             _save_seed_record(c, p.trainer.run_dir)
         batch = SeedBatch([p.trainer for p in parts])

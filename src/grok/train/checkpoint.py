@@ -335,11 +335,15 @@ class DiskEstimate:
     def total_bytes(self) -> int:
         return self.n_checkpoints * self.checkpoint_bytes + 2 * self.resume_bytes
 
-    def line(self) -> str:
+    def line(self, ahead: int = 0) -> str:
+        """The disk line; `ahead`: the bytes the seeds before this one in its seed batch still
+        write, which share the free space with it."""
+        batch = (f" ({_human(ahead + self.remaining_bytes)} with the seeds before it)"
+                 if ahead else "")
         return (f"disk: checkpoints need {_human(self.total_bytes)} ({self.n_checkpoints} "
                 f"analysis checkpoints x {_human(self.checkpoint_bytes)} + resume state 2 x "
-                f"{_human(self.resume_bytes)}); {_human(self.remaining_bytes)} still to write, "
-                f"{_human(self.free_bytes)} free")
+                f"{_human(self.resume_bytes)}); {_human(self.remaining_bytes)} still to write"
+                f"{batch}, {_human(self.free_bytes)} free")
 
 
 def _human(n: float) -> str:
