@@ -138,3 +138,20 @@ def test_bilinear_figures_span_the_run_and_name_the_hidden_layer(tmp_path, monke
     (left, right), _ = seen["grokking_entropy.png"][0]
     assert left <= 0 and right >= 2000
     assert seen["grokking_rank.png"][0][1] == "effective rank of the hidden layer"
+
+
+def test_the_phase_lines_of_the_training_figure_say_how_they_are_defined(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from grok.analysis.trajectory import GENERALISATION_ACC, MEMORISATION_ACC
+
+    history = {str(s): {"train_loss": 1.0, "val_loss": 2.0, "train_acc": 1.0, "val_acc": a}
+               for s, a in ((0, 0.0), (100, 0.1), (200, 0.5), (300, 0.95))}
+    labels = []
+    real = plt.Axes.axvline
+    monkeypatch.setattr(plt.Axes, "axvline", lambda ax, *a, **k: (
+        labels.append(k.get("label")), real(ax, *a, **k))[1])
+    plots.trajectory_training(history, tmp_path / "t.png", None,
+                              {"memorisation_end": 200, "generalisation_start": 300})
+    assert labels[:2] == [f"plateau ends: validation acc > {MEMORISATION_ACC} (200)",
+                          f"generalisation: validation acc > {GENERALISATION_ACC} (300)"]

@@ -408,8 +408,11 @@ def trajectory_training(history: dict, path: Path, t_grok: int | None = None,
     ax_acc.axhline(0.95, color="0.3", ls=":", lw=1, label="95%")
     ax_loss.set(yscale="log", ylabel="cross-entropy loss")
     ax_acc.set(ylim=(-0.02, 1.02), ylabel="accuracy")
-    phase_style = {"memorisation_end": ("tab:orange", "memorisation ends"),
-                   "generalisation_start": ("tab:green", "generalisation starts")}
+    # The labels give the definitions (grok.analysis.trajectory.phases, which imports this
+    # module): "memorisation ends" alone read as the step train accuracy reached 1, which in the
+    # classic grokking run comes a thousand steps before test accuracy leaves its plateau.
+    phase_style = {"memorisation_end": ("tab:orange", "plateau ends: validation acc > 0.2"),
+                   "generalisation_start": ("tab:green", "generalisation: validation acc > 0.9")}
     for ax in (ax_loss, ax_acc):
         _step_axis(ax, steps)
         _mark_step(ax, t_grok)
