@@ -168,6 +168,9 @@ def test_an_extended_run_counts_only_the_checkpoints_after_its_step_as_still_to_
     one = ckpt.checkpoint_path(tmp_path, max(written)).stat().st_size
     # the two resume files exist already, so only the new analysis checkpoints remain
     assert f"{len(written) * one / 1e3:.1f} kB still to write" in disk_line
+    # and the total counts the earlier schedules' checkpoints the run keeps (it gave the new
+    # schedule's count alone: "8 analysis checkpoints" for a folder that ends with more)
+    assert f"({len(before | written)} analysis checkpoints x" in disk_line
 
 
 def test_a_split_that_cannot_be_made_stops_the_run_before_the_disk_line(tmp_path, capsys):

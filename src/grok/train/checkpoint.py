@@ -366,7 +366,8 @@ def estimate_disk(run_dir: Path, model: torch.nn.Module, model_config: dict, tas
     those files hold: the model's weights, and for the resume state the weights with AdamW's two
     moment buffers per parameter and the RNG state. A run resumed at step `trained_to` writes only
     the checkpoints from it on (an extended run's schedule can name earlier steps it never saved;
-    the one at trained_to is written again from the resume state if it is missing)."""
+    the one at trained_to is written again from the resume state if it is missing), and the total
+    counts the checkpoints of its earlier schedules that stay in the folder."""
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     ckpt_bytes = _serialized_size(_weights_payload(max(steps, default=0), weights, model_config,
                                                    task))
@@ -377,13 +378,15 @@ def estimate_disk(run_dir: Path, model: torch.nn.Module, model_config: dict, tas
     resume_bytes = _serialized_size({"model": weights, "optimizer": optimizer,
                                      "torch_rng": torch.get_rng_state(),
                                      _CHECKSUM_KEY: "0" * 64}) + 1024  # + scalars and identity
-    missing = sum(not checkpoint_path(run_dir, s).exists() for s in steps
-                  if trained_to is None or s >= trained_to)
+    to_come = {s for s in steps if trained_to is None or s >= trained_to}
+    missing = sum(not checkpoint_path(run_dir, s).exists() for s in to_come)
+    # an extended run keeps the checkpoints of its earlier schedule beside the new one's
+    kept = {s for s, _ in list_checkpoints(run_dir)}
     missing_resume = sum(not p.exists() for p in (resume_path(run_dir), previous_path(run_dir)))
     folder = Path(run_dir)
     while not folder.exists():
         folder = folder.parent
-    return DiskEstimate(n_checkpoints=len(steps), checkpoint_bytes=ckpt_bytes,
+    return DiskEstimate(n_checkpoints=len(to_come | kept), checkpoint_bytes=ckpt_bytes,
                         resume_bytes=resume_bytes,
                         remaining_bytes=missing * ckpt_bytes + missing_resume * resume_bytes,
                         free_bytes=shutil.disk_usage(folder).free)
