@@ -68,6 +68,12 @@ def file_in_the_way(path: Path) -> Path | None:
     return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
 
 
+def nearest_existing(path: Path) -> Path:
+    """path if it exists, else its deepest parent that does (where a folder would be made)."""
+    path = Path(path)
+    return next(p for p in (path, *path.parents) if p.exists())
+
+
 def disk_full(exc: BaseException) -> bool:
     """Whether exc, or an exception it was raised from or during, is "no space left on device"
     (torch.save reports it as a RuntimeError raised while handling the OSError)."""

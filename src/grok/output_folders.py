@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from grok import commands
 from grok.assemble import check_output_folder
 from grok.errors import GrokError
-from grok.files import file_in_the_way
+from grok.files import file_in_the_way, nearest_existing
 
 # the parents of this run's output folder that did not exist before Hydra made it, deepest first
 NEW_FOLDERS: list[Path] = []
@@ -56,7 +56,7 @@ def _refuse_unwritable(key: str, folder: Path) -> None:
     if file is not None:
         _refuse(f"{commands.override(key, folder)} cannot be made: {file} is a file; "
                 f"choose another {key}")
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    existing = nearest_existing(folder)
     if not os.access(existing, os.W_OK | os.X_OK):
         _refuse(f"{commands.override(key, folder)}: cannot write into {existing} (read-only or "
                 f"no permission); choose another {key}")

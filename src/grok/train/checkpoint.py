@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from grok.errors import GrokError, brief
-from grok.files import temp_file_beside
+from grok.files import nearest_existing, temp_file_beside
 
 CHECKPOINT_DIR = "checkpoints"
 RESUME_FILE = "last.pt"
@@ -383,10 +383,7 @@ def estimate_disk(run_dir: Path, model: torch.nn.Module, model_config: dict, tas
     # an extended run keeps the checkpoints of its earlier schedule beside the new one's
     kept = {s for s, _ in list_checkpoints(run_dir)}
     missing_resume = sum(not p.exists() for p in (resume_path(run_dir), previous_path(run_dir)))
-    folder = Path(run_dir)
-    while not folder.exists():
-        folder = folder.parent
     return DiskEstimate(n_checkpoints=len(to_come | kept), checkpoint_bytes=ckpt_bytes,
                         resume_bytes=resume_bytes,
                         remaining_bytes=missing * ckpt_bytes + missing_resume * resume_bytes,
-                        free_bytes=shutil.disk_usage(folder).free)
+                        free_bytes=shutil.disk_usage(nearest_existing(run_dir)).free)
