@@ -82,6 +82,23 @@ def test_a_seed_of_a_batch_continues_alone(tmp_path):
     assert_same_run_directory(tmp_path / "batch" / "seed_4", tmp_path / "alone")
 
 
+def test_a_seed_batchs_start_lines_name_their_seed(tmp_path, capsys):
+    """An extended (or full-batch) seed batch says where each seed picks up, named by its seed:
+    the same unnamed line K times told nothing about which seed it was."""
+    over = ("task.p=5", "train.batch_size=100", "seeds=[3,4]")
+    run_seeds(tiny_config(*over, "steps=20"), tmp_path / "batch",
+              [InMemoryLogger(), InMemoryLogger()])
+    capsys.readouterr()
+    run_seeds(tiny_config(*over, "steps=30"), tmp_path / "batch",
+              [InMemoryLogger(), InMemoryLogger()])
+    lines = capsys.readouterr().out.splitlines()
+    for seed in (3, 4):
+        assert f"seed_{seed}: resuming at step 20 of 30" in lines
+        assert f"seed_{seed}: train.batch_size=100 covers all 20 training pairs: every step is " \
+               "full-batch" in lines
+    assert not any(line.startswith(("resuming", "train.batch_size")) for line in lines)
+
+
 def test_resuming_a_batch_needs_every_seed(tmp_path):
     cfgs = [tiny_config(f"seed={s}", "steps=20") for s in SEEDS[:2]]
     SeedBatch([make_trainer(c, tmp_path / str(i)) for i, c in enumerate(cfgs)]).fit([None, None])

@@ -58,6 +58,7 @@ class CheckedRun:
     resume: dict | None  # the contents of last.pt when resuming
     disk: ckpt.DiskEstimate
     torch_rng: torch.Tensor  # the global RNG state the model's initialisation left
+    label: str = ""  # what its printed lines begin with: "seed_<s>: " in a seed batch
 
 
 def build_run(cfg: Config, run_dir: Path, device: torch.device,
@@ -88,6 +89,7 @@ def check_run(cfg: Config, run_dir: Path, device: torch.device, batch_dir: Path 
     if given; a job of the sweep in sweep_dir, if given, which only changes what a refusal
     suggests)."""
     run_dir = Path(run_dir)
+    label = f"{run_dir.name}: " if batch_dir is not None else ""
     settings = build_settings(cfg, naming.identity(cfg), device)  # may refuse train.compile=true
     if settings.compile and cfg.train.compile == "auto":
         print(f"train.compile=auto: compiling the training step for this {cfg.steps}-step run "
@@ -104,7 +106,7 @@ def check_run(cfg: Config, run_dir: Path, device: torch.device, batch_dir: Path 
                 f"with steps={resume['step']} or more to finish or extend it "
                 f"({commands.analyze(run_dir)} analyses it as it is)")
         check_history(run_dir, resume)  # before the logger opens a W&B fragment
-        warn_if_threads_differ(resume.get("torch_threads"))
+        warn_if_threads_differ(resume.get("torch_threads"), label)
     torch.manual_seed(cfg.seed)  # the model's initial weights are the only global-RNG draw
     model = build_model(model_config(cfg, task)).to(device)
     torch_rng = torch.get_rng_state()
@@ -112,7 +114,7 @@ def check_run(cfg: Config, run_dir: Path, device: torch.device, batch_dir: Path 
     disk = ckpt.estimate_disk(run_dir, model, model.config_dict(), {"op": task.op, "p": task.p},
                               settings.checkpoint_steps,
                               trained_to=None if resume is None else resume["step"])
-    return CheckedRun(cfg, run_dir, settings, task, model, split, resume, disk, torch_rng)
+    return CheckedRun(cfg, run_dir, settings, task, model, split, resume, disk, torch_rng, label)
 
 
 def open_run(run: CheckedRun, device: torch.device, logger: Logger | None = None) -> RunParts:
@@ -122,7 +124,7 @@ def open_run(run: CheckedRun, device: torch.device, logger: Logger | None = None
     split_path = run.run_dir / "split.pt"
     if not split_path.exists():
         save_split(run.split, split_path)
-    report_start(run.cfg, run.settings, len(run.split.train_idx), run.resume)
+    report_start(run.cfg, run.settings, len(run.split.train_idx), run.resume, run.label)
     logger = logger or open_logger(run.cfg, run.run_dir, run.split, run.resume or {})
     trainer = Trainer(run.model, run.task, run.split, run.settings, logger, run.run_dir, device)
     trainer.extra_state["wandb_run_id"] = logger.run_id
@@ -193,24 +195,27 @@ def check_run_or_batch(run_dir: Path, seeds: list[int]) -> None:
             f"one of its seeds alone with {alone}, or start this run in another directory")
 
 
-def report_start(cfg: Config, settings: TrainSettings, n_train: int, resume: dict | None) -> None:
-    """Say where a resumed run picks up, and when a minibatch size means full-batch training."""
+def report_start(cfg: Config, settings: TrainSettings, n_train: int, resume: dict | None,
+                 label: str = "") -> None:
+    """Say where a resumed run picks up, and when a minibatch size means full-batch training;
+    each line begins with label (a seed batch's "seed_<s>: ", so its seeds' lines tell apart)."""
     if resume is not None:
         done = resume["step"]
-        print(f"resuming at step {done} of {cfg.steps}" if done < cfg.steps else
-              f"already trained to step {done}: redoing its summary and analysis", flush=True)
+        print(label + (f"resuming at step {done} of {cfg.steps}" if done < cfg.steps else
+                       f"already trained to step {done}: redoing its summary and analysis"),
+              flush=True)
     if settings.batch_size is not None and settings.batch_size >= n_train:
-        print(f"train.batch_size={settings.batch_size} covers all {n_train} training pairs: "
-              "every step is full-batch", flush=True)
+        print(f"{label}train.batch_size={settings.batch_size} covers all {n_train} training "
+              "pairs: every step is full-batch", flush=True)
 
 
-def warn_if_threads_differ(saved: int | None) -> None:
+def warn_if_threads_differ(saved: int | None, label: str = "") -> None:
     """CPU float sums depend on the thread count: say so when a resume changes it."""
     if saved is not None and saved != torch.get_num_threads():
         logging.getLogger(__name__).warning(
-            "this run was saved with %d torch threads and resumes with %d: the continuation is "
+            "%sthis run was saved with %d torch threads and resumes with %d: the continuation is "
             "valid but not bit-identical to an uninterrupted run (set OMP_NUM_THREADS=%d to keep "
-            "it exact)", saved, torch.get_num_threads(), saved)
+            "it exact)", label, saved, torch.get_num_threads(), saved)
 
 
 def report_disk(run: CheckedRun) -> None:
