@@ -68,6 +68,35 @@ def test_the_full_suite_prints_one_line_per_step(copy):
     assert lines[1].endswith(f"files {copy / 'analysis' / 'trajectory'}")
 
 
+@pytest.mark.parametrize("record", [True, False])
+def test_every_analysis_figure_is_titled_with_the_runs_name(copy, monkeypatch, record):
+    """A figure opened outside its run (or beside another run's) says whose it is: its W&B run
+    name from the config record, else the run folder's name. The trajectory panels name the
+    metric on their y axes (they said "to final" and "consecutive checkpoints")."""
+    from grok import plots
+
+    if not record:
+        shutil.rmtree(copy / ".hydra")
+    titles, ylabels = {}, {}
+    save = plots._save
+
+    def recording(fig, path):
+        titles[path.name] = fig._suptitle.get_text() if fig._suptitle else fig.axes[0].get_title()
+        ylabels[path.name] = [ax.get_ylabel() for ax in fig.axes]
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", recording)
+    run_analysis(copy, "full", AnalysisSettings(), CPU, NullLogger(), progress=False)
+    name = "add7-random0.8-power_2l-s0" if record else copy.name
+    assert len(titles) == 9 and sorted(titles) == sorted(p.name for p in (copy / "plots").glob(
+        "[gt]*.png"))
+    for figure, title in titles.items():
+        assert title.startswith(f"{name}: "), figure
+    for metric in ("logit cosine", "linear CKA", "JS divergence"):
+        assert f"{metric}\nto the final checkpoint" in ylabels["trajectory_to_final.png"]
+        assert f"{metric}\nto the previous checkpoint" in ylabels["trajectory_consecutive.png"]
+
+
 def test_training_runs_the_suite_and_logs_it(trained):
     run_dir, logger = trained
     report = report_of(run_dir)

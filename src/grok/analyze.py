@@ -28,7 +28,6 @@ from grok.analysis.runner import (
     analyse_loaded,
     analysis_lines,
     load_run,
-    recorded_config_dict,
     settings_from_config,
 )
 from grok.config import (
@@ -120,13 +119,12 @@ def analyze(cfg: AnalyzeConfig, logger: Logger | None = None) -> dict:
     check_writable([run_dir, *(run_dir / d for d in ("analysis", "plots", "wandb", "logs"))],
                    f"the analysis writes into the run directory: copy it somewhere writable "
                    f"(cp -r {shlex.quote(str(run_dir))} COPY) and analyse the copy")
-    trained = recorded_config(run_dir)
-    warn_if_incomplete(run, trained)
+    warn_if_incomplete(run)
     last = run.checkpoints[-1][0]
     if cfg.t_grok is not None and cfg.t_grok > last:
         raise ConfigError(f"t_grok={cfg.t_grok} is invalid: the run's last checkpoint is at "
                           f"step {last}")
-    logger = logger or open_logger(cfg, run, trained)
+    logger = logger or open_logger(cfg, run)
     exit_code = 1
     try:
         results = analyse_loaded(run, cfg.analysis.name,
@@ -140,9 +138,10 @@ def analyze(cfg: AnalyzeConfig, logger: Logger | None = None) -> dict:
         logger.close(exit_code)
 
 
-def warn_if_incomplete(run: LoadedRun, trained: Config | None) -> None:
-    """An analysis of a run that stopped early is valid but covers part of it: say so.
-    `trained` is the run's recorded training config (None when it has none)."""
+def warn_if_incomplete(run: LoadedRun) -> None:
+    """An analysis of a run that stopped early is valid but covers part of it: say so (when the
+    run's recorded config says how long it was to train)."""
+    trained = run.config
     if trained is None or not run.metrics:
         return
     # the last evaluation, not where training stopped (a stop between evaluations is later)
@@ -154,37 +153,25 @@ def warn_if_incomplete(run: LoadedRun, trained: Config | None) -> None:
             reached, trained.steps, commands.override("hydra.run.dir", run.run_dir))
 
 
-def recorded_config(run_dir: Path) -> Config | None:
-    """The run's training config from its accepted Hydra record, if it can be read."""
-    data = recorded_config_dict(run_dir)
-    if data is None:
-        return None
-    data.pop("hydra", None)
-    try:
-        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))
-    except Exception:  # an old or hand-edited record: fall back to generic names
-        return None
-    return obj if isinstance(obj, Config) else None
-
-
-def open_logger(cfg: AnalyzeConfig, run: LoadedRun, trained: Config | None) -> Logger:
+def open_logger(cfg: AnalyzeConfig, run: LoadedRun) -> Logger:
     """A logger run of job type "analysis", grouped and named like the training run (its
-    recorded config `trained`; generic names when there is none)."""
+    recorded config; generic names when there is none)."""
+    trained = run.config
     lc = posthoc_logger(cfg.logger, trained)
     info: dict[str, Any] = {"run_dir": str(run.run_dir.resolve()), "t_grok": cfg.t_grok,
                             "split_checksum": run.split.checksum}
     if trained is not None:
         config = {**config_dict(trained), "analysis": dataclasses.asdict(cfg.analysis),
                   "posthoc": info}
-        group, name = naming.group(trained), naming.run_name(trained)
+        group = naming.group(trained)
         tags = [trained.task.op, trained.split.name, trained.model.name]
     else:
         config = {"analysis": dataclasses.asdict(cfg.analysis), "posthoc": info}
         task = run.split.task
-        group, name = f"{task['op']}{task['p']}-{run.split.name}", run.run_dir.name
+        group = f"{task['op']}{task['p']}-{run.split.name}"
         tags = [task["op"], run.split.name]
     return build_logger(lc.backend, run.run_dir, project=lc.project, entity=lc.entity,
-                        mode=lc.mode, config=config, group=group, name=f"{name}-analysis",
+                        mode=lc.mode, config=config, group=group, name=f"{run.name}-analysis",
                         tags=[*tags, "analysis", *lc.tags], job_type="analysis")
 
 

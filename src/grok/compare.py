@@ -29,9 +29,9 @@ from grok.analysis.comparison import (
     write_tables,
 )
 from grok.analysis.grokking import REPORT_FILE
-from grok.analysis.runner import run_analysis, runs_under
+from grok.analysis.runner import recorded_config, run_analysis, runs_under
 from grok.analysis.settings import AnalysisSettings
-from grok.analyze import configure_logging, recorded_config
+from grok.analyze import configure_logging
 from grok.config import (
     Config,
     ConfigError,

@@ -24,6 +24,11 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _titled(name: str, text: str) -> str:
+    """A figure's title: the run's name (when known), then what the figure shows."""
+    return f"{name}: {text}" if name else text
+
+
 def training_curves(rows: list[dict], path: Path, title: str = "") -> Path:
     """Train/test accuracy and loss against step on a log x-axis (step 0 cannot be shown)."""
     rows = [r for r in rows if r["step"] > 0]
@@ -149,11 +154,15 @@ def _set_step_scale(ax, scale: str) -> str:
 def grokking_figures(report: dict, folder: Path, title: str = "") -> dict[str, Path]:
     """plots/grokking_{accuracy,rank,entropy}.png and the combined plots/grokking.png: values
     against step (unsmoothed; linear, or logarithmic for runs much longer than t_grok, see
-    grokking_step_scale) with a vertical line at t_grok."""
+    grokking_step_scale) with a vertical line at t_grok. Titles begin with `title` (the run's
+    name), so that a figure opened outside its run still says whose it is."""
     folder = Path(folder)
     paths: dict[str, Path] = {}
     t = report["t_grok"]
     scale = grokking_step_scale(report)
+    found = (f"t_grok = {t} ({report['t_grok_method']})" if t is not None
+             else "t_grok not detected")
+    heading = _titled(title, found)
     for name, panel in GROKKING_PANELS.items():
         fig, ax = plt.subplots(figsize=(7, 4))
         panel(ax, report)
@@ -161,8 +170,7 @@ def grokking_figures(report: dict, folder: Path, title: str = "") -> dict[str, P
         ax.set(xlabel=_set_step_scale(ax, scale))
         ax.grid(alpha=0.3)
         _legend(ax)
-        if title:
-            ax.set_title(title)
+        ax.set_title(heading)
         paths[f"grokking_{name}"] = _save(fig, folder / f"grokking_{name}.png")
     fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
     for ax, panel in zip(axes, GROKKING_PANELS.values()):
@@ -172,9 +180,7 @@ def grokking_figures(report: dict, folder: Path, title: str = "") -> dict[str, P
         ax.grid(alpha=0.3)
         _legend(ax)
     axes[-1].set(xlabel=label)
-    method = report["t_grok_method"]
-    fig.suptitle(title or (f"t_grok = {t} ({method})" if t is not None
-                           else "t_grok not detected"))
+    fig.suptitle(heading)
     paths["grokking"] = _save(fig, folder / "grokking.png")
     return paths
 
@@ -261,6 +267,9 @@ _TRAJ_LABELS = {"tn_similarity": "TN similarity (logit cosine)",
                 "act_similarity": "activation similarity (linear CKA)",
                 "js_divergence": "JS divergence (nats)",
                 "tn_exact_similarity": "exact tensor similarity (weights)"}
+# the same, short enough for an axis label
+_TRAJ_SHORT = {"tn_similarity": "logit cosine", "act_similarity": "linear CKA",
+               "js_divergence": "JS divergence", "tn_exact_similarity": "weight similarity"}
 _TRAJ_COLOURS = {"tn_similarity": "tab:blue", "act_similarity": "tab:green",
                  "js_divergence": "tab:red", "tn_exact_similarity": "tab:purple"}
 
@@ -283,7 +292,7 @@ def _step_axis(ax, steps) -> None:
 
 
 def trajectory_heatmaps(matrices: dict, steps: list[int], path: Path,
-                        t_grok: int | None = None) -> Path:
+                        t_grok: int | None = None, title: str = "") -> Path:
     """One N x N heatmap per matrix, ticks labelled with steps, t_grok marked on both axes."""
     n = len(steps)
     fig, axes = plt.subplots(1, len(matrices), figsize=(5.2 * len(matrices), 4.6), squeeze=False)
@@ -303,7 +312,8 @@ def trajectory_heatmaps(matrices: dict, steps: list[int], path: Path,
         if pos is not None:
             ax.axvline(pos, color="white", ls="--", lw=1)
             ax.axhline(pos, color="white", ls="--", lw=1)
-    fig.suptitle(f"checkpoint-by-checkpoint matrices ({n} checkpoints; {_grok_note(t_grok)})")
+    fig.suptitle(_titled(title, f"checkpoint-by-checkpoint matrices ({n} checkpoints; "
+                                f"{_grok_note(t_grok)})"))
     # tight_layout sizes the margins before the square images and their colour bars take their
     # final place, which pushed the x label past the bottom edge; the second pass (in _save)
     # measures the settled axes.
@@ -311,7 +321,7 @@ def trajectory_heatmaps(matrices: dict, steps: list[int], path: Path,
     return _save(fig, path)
 
 
-def trajectory_consecutive(summary: dict, path: Path) -> Path:
+def trajectory_consecutive(summary: dict, path: Path, title: str = "") -> Path:
     """Top: each metric between consecutive checkpoints; bottom: the rate of change
     (1 - similarity, or the divergence itself), log scale."""
     steps = summary["checkpoint_steps"][1:]
@@ -321,7 +331,8 @@ def trajectory_consecutive(summary: dict, path: Path) -> Path:
         top, bottom = axes[0][col], axes[1][col]
         colour = _TRAJ_COLOURS.get(name)
         top.plot(steps, m["consecutive"], "o-", ms=2.5, color=colour)
-        top.set(title=_TRAJ_LABELS.get(name, name), ylabel="consecutive checkpoints")
+        top.set(title=_TRAJ_LABELS.get(name, name),
+                ylabel=f"{_TRAJ_SHORT.get(name, name)}\nto the previous checkpoint")
         change = [max(v, 1e-12) if v is not None else float("nan") for v in m["rate_of_change"]]
         bottom.plot(steps, change, "o-", ms=2.5, color=colour)
         bottom.set(yscale="log", ylabel="rate of change" + (
@@ -331,11 +342,12 @@ def trajectory_consecutive(summary: dict, path: Path) -> Path:
             _mark_step(ax, summary["t_grok"])
     if summary["t_grok"]:
         axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"change between consecutive checkpoints ({_grok_note(summary['t_grok'])})")
+    fig.suptitle(_titled(title, "change between consecutive checkpoints "
+                                f"({_grok_note(summary['t_grok'])})"))
     return _save(fig, path)
 
 
-def trajectory_to_final(summary: dict, history: dict, path: Path) -> Path:
+def trajectory_to_final(summary: dict, history: dict, path: Path, title: str = "") -> Path:
     """Left: every metric against the final checkpoint vs step (similarities left axis, JS
     right axis). Then one panel per metric with validation accuracy on a second axis."""
     steps = summary["checkpoint_steps"]
@@ -361,7 +373,8 @@ def trajectory_to_final(summary: dict, history: dict, path: Path) -> Path:
     overlay.legend(*handles, fontsize=7, loc="center left")
     for ax, (name, m) in zip(axes[1:], metrics.items()):
         ax.plot(steps, m["to_final"], "o-", ms=2.5, color=_TRAJ_COLOURS.get(name))
-        ax.set(title=_TRAJ_LABELS.get(name, name), ylabel="to final")
+        ax.set(title=_TRAJ_LABELS.get(name, name),
+               ylabel=f"{_TRAJ_SHORT.get(name, name)}\nto the final checkpoint")
         acc_ax = ax.twinx()
         acc_ax.plot(acc_steps, acc, color="0.4", lw=1)
         acc_ax.set(ylim=(-0.02, 1.02), ylabel="validation accuracy")
@@ -369,11 +382,12 @@ def trajectory_to_final(summary: dict, history: dict, path: Path) -> Path:
         shown = [s for s in steps if s > 0]
         _step_axis(ax, shown)
         _mark_step(ax, summary["t_grok"], label=False)
-    fig.suptitle(f"similarity to the final checkpoint ({_grok_note(summary['t_grok'])})")
+    fig.suptitle(_titled(title, "similarity to the final checkpoint "
+                                f"({_grok_note(summary['t_grok'])})"))
     return _save(fig, path)
 
 
-def trajectory_scatter(matrices: dict, correlations: dict, path: Path) -> Path:
+def trajectory_scatter(matrices: dict, correlations: dict, path: Path, title: str = "") -> Path:
     """Every pair of metrics over the checkpoint pairs (upper triangle), with Pearson r."""
     names = list(matrices)
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
@@ -387,12 +401,12 @@ def trajectory_scatter(matrices: dict, correlations: dict, path: Path) -> Path:
         ax.set(xlabel=_TRAJ_LABELS.get(a, a), ylabel=_TRAJ_LABELS.get(b, b),
                title=f"r = {r:.3f}" if r is not None else "r: undefined")
         ax.grid(alpha=0.3)
-    fig.suptitle("metric against metric over all checkpoint pairs")
+    fig.suptitle(_titled(title, "metric against metric over all checkpoint pairs"))
     return _save(fig, path)
 
 
 def trajectory_training(history: dict, path: Path, t_grok: int | None = None,
-                        phases: dict | None = None) -> Path:
+                        phases: dict | None = None, title: str = "") -> Path:
     """Loss (log scale) and accuracy against step, with the 95% accuracy line and the phase
     boundaries (memorisation end, generalisation start) as dotted lines."""
     steps = [int(s) for s in history]
@@ -421,25 +435,28 @@ def trajectory_training(history: dict, path: Path, t_grok: int | None = None,
                 colour, label = phase_style[key]
                 ax.axvline(step, color=colour, ls=":", lw=1.2, label=f"{label} ({step})")
         ax.legend(fontsize=8)
-    fig.suptitle(f"training curves ({_grok_note(t_grok)})")
+    fig.suptitle(_titled(title, f"training curves ({_grok_note(t_grok)})"))
     return _save(fig, path)
 
 
-def trajectory_figures(matrices: dict, summary: dict, history: dict, plot_dir: Path) -> dict:
-    """All trajectory figures into plot_dir; returns {name: path}."""
+def trajectory_figures(matrices: dict, summary: dict, history: dict, plot_dir: Path,
+                       title: str = "") -> dict:
+    """All trajectory figures into plot_dir, titled with `title` (the run's name) first;
+    returns {name: path}."""
     plot_dir = Path(plot_dir)
     t_grok, steps = summary["t_grok"], summary["checkpoint_steps"]
     figures = {
         "heatmaps": trajectory_heatmaps(matrices, steps, plot_dir / "trajectory_heatmaps.png",
-                                        t_grok),
-        "to_final": trajectory_to_final(summary, history, plot_dir / "trajectory_to_final.png"),
+                                        t_grok, title),
+        "to_final": trajectory_to_final(summary, history, plot_dir / "trajectory_to_final.png",
+                                        title),
     }
     if any(int(step) > 0 for step in history):  # its step axis is logarithmic
         figures["training"] = trajectory_training(history, plot_dir / "trajectory_training.png",
-                                                  t_grok, summary["phases"])
+                                                  t_grok, summary["phases"], title)
     if len(steps) > 1:
         figures["consecutive"] = trajectory_consecutive(
-            summary, plot_dir / "trajectory_consecutive.png")
+            summary, plot_dir / "trajectory_consecutive.png", title)
         figures["scatter"] = trajectory_scatter(matrices, summary["correlations"],
-                                                plot_dir / "trajectory_scatter.png")
+                                                plot_dir / "trajectory_scatter.png", title)
     return figures

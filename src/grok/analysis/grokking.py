@@ -57,7 +57,7 @@ def grokking_suite(run, settings: AnalysisSettings, *, t_grok: int | None, devic
                      "split_checksum": run.split.checksum, "n_inputs": run.task.n}
     _write_json(run.run_dir / REPORT_FILE, report)
     _write_arrays(run.run_dir / ARRAYS_FILE, scan)
-    figures = plots.grokking_figures(report, run.run_dir / "plots")
+    figures = plots.grokking_figures(report, run.run_dir / "plots", title=run.name)
     _log(report, figures, logger, elapsed=time.perf_counter() - clock)
     return report
 

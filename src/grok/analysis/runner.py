@@ -24,8 +24,9 @@ from typing import Any
 
 import torch
 import yaml
+from omegaconf import OmegaConf
 
-from grok import commands
+from grok import commands, naming
 from grok.analysis.grokking import REPORT_FILE, grokking_suite
 from grok.analysis.grokking import summary_line as grokking_line
 from grok.analysis.settings import AnalysisError, AnalysisSettings
@@ -33,6 +34,7 @@ from grok.analysis.tgrok import detect_t_grok
 from grok.analysis.trajectory import SUMMARY_FILE as TRAJECTORY_SUMMARY
 from grok.analysis.trajectory import run_trajectory_suite
 from grok.analysis.trajectory import summary_line as trajectory_line
+from grok.config import Config
 from grok.data.splits import Split, SplitError, load_split
 from grok.data.tasks import Task, build_task
 from grok.tracking.base import Logger
@@ -40,7 +42,7 @@ from grok.train import checkpoint as ckpt
 from grok.train.trainer import METRICS_FILE, read_metrics
 
 __all__ = ["AnalysisError", "AnalysisSettings", "LoadedRun", "SUITES", "analyse_loaded",
-           "analysis_lines", "load_run", "recorded_config_dict", "run_analysis",
+           "analysis_lines", "load_run", "recorded_config", "recorded_config_dict", "run_analysis",
            "settings_from_config"]
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,13 @@ class LoadedRun:
     split: Split
     checkpoints: list[tuple[int, Path]]  # (step, path), ascending
     metrics: list[dict]  # the rows of metrics.jsonl ([] when the file is missing)
+    config: Config | None = None  # the recorded training config, if it can be read
+
+    @property
+    def name(self) -> str:
+        """What the run's figures are titled with: its W&B run name (add97-random0.8-power_2l-s0),
+        or its folder's name when it has no readable config record."""
+        return naming.run_name(self.config) if self.config is not None else self.run_dir.name
 
     def as_args(self) -> tuple[Path, Task, Split, list[tuple[int, Path]], list[dict]]:
         return self.run_dir, self.task, self.split, self.checkpoints, self.metrics
@@ -72,7 +81,7 @@ def trajectory_step(run: LoadedRun, settings: AnalysisSettings, *, t_grok: int |
                                [r["test/acc"] for r in run.metrics], settings.window,
                                settings.threshold, monotone=settings.monotone).t_grok
     return run_trajectory_suite(*run.as_args(), t_grok=t_grok, block_size=settings.block_size,
-                                **kwargs)
+                                title=run.name, **kwargs)
 
 
 SUITES: dict[str, tuple[tuple[str, SuiteStep], ...]] = {
@@ -169,7 +178,7 @@ def load_run(run_dir: Path) -> LoadedRun:
     metrics_path = run_dir / METRICS_FILE
     # a run killed mid-write (kill -9) can leave its last row cut short: analyse the others
     metrics = read_metrics(metrics_path, torn_tail_ok=True) if metrics_path.is_file() else []
-    return LoadedRun(run_dir, task, split, checkpoints, metrics)
+    return LoadedRun(run_dir, task, split, checkpoints, metrics, recorded_config(run_dir))
 
 
 def _job_order(d: Path) -> tuple:
@@ -280,6 +289,19 @@ def recorded_config_dict(run_dir: Path) -> dict | None:
         log.warning("cannot parse the config record in %s; the split is checked by its checksum "
                     "only", run_dir / ".hydra")
         return None
+
+
+def recorded_config(run_dir: Path) -> Config | None:
+    """The run's training config from its accepted Hydra record, if it can be read."""
+    data = recorded_config_dict(run_dir)
+    if data is None:
+        return None
+    data.pop("hydra", None)
+    try:
+        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))
+    except Exception:  # an old or hand-edited record: fall back to generic names
+        return None
+    return obj if isinstance(obj, Config) else None
 
 
 def settings_from_config(analysis_cfg: Any, t_grok: int | None = None) -> AnalysisSettings:

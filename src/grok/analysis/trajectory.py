@@ -271,10 +271,12 @@ def _write_array(array: np.ndarray, path: Path) -> None:
 def run_trajectory_suite(run_dir: Path, task: Task, split: Split,
                          checkpoints: list[tuple[int, Path]], metrics: list[dict], *,
                          device: torch.device, t_grok: int | None, logger: Logger,
-                         progress: bool = True, block_size: int | None = None) -> dict:
+                         progress: bool = True, block_size: int | None = None,
+                         title: str = "") -> dict:
     """Compute the trajectory matrices over `checkpoints` ((step, path), in step order), write
     analysis/trajectory/*.npy, training_history.json, summary.json and plots/trajectory_*.png
-    into run_dir, log the figures and a few summary scalars, and return the summary."""
+    into run_dir (the figures titled with `title`, the run's name, first), log the figures and a
+    few summary scalars, and return the summary."""
     run_dir = Path(run_dir)
     checkpoints = sorted(checkpoints)
     if not checkpoints:
@@ -306,7 +308,7 @@ def run_trajectory_suite(run_dir: Path, task: Task, split: Split,
     _write_json(history, out_dir / "training_history.json")
     summary = summarize(matrices, steps, history, t_grok)
 
-    figures = plots.trajectory_figures(matrices, summary, history, run_dir / "plots")
+    figures = plots.trajectory_figures(matrices, summary, history, run_dir / "plots", title)
     for name, path in figures.items():
         logger.log_figure(f"trajectory/{name}", path, step=steps[-1])
     summary["block_size"] = block
