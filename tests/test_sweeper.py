@@ -33,6 +33,28 @@ def test_a_sweep_with_a_bad_job_is_refused_before_any_job_starts(tmp_path, sweep
     assert not sweep_dir.exists()
 
 
+@pytest.mark.usefixtures("cli_logging", "no_cpp_compiler")
+@pytest.mark.parametrize("sweep,second,problem", [
+    ("device=cpu,cuda", "device=cuda", "device=cuda but CUDA is not available here; use device=auto or cpu"),
+    ("train.compile=false,true", "train.compile=True", "train.compile=true needs a C++ compiler on the CPU and none was "
+     "found (InvalidCxxCompiler); install g++ (or set CXX), or run eagerly with "
+     "train.compile=false"),
+])
+def test_a_job_this_machine_cannot_run_refuses_the_sweep_before_any_job_starts(
+        tmp_path, monkeypatch, capsys, sweep, second, problem):
+    """The first job trained, and only then did the second stop at its device or compiler."""
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    sweep_dir = tmp_path / "sweep"
+    monkeypatch.setattr(sys, "argv", ["grok.main", "-m", sweep, *TINY,
+                                      f"hydra.sweep.dir={sweep_dir}"])
+    with pytest.raises(SystemExit) as refused:
+        main()
+    assert refused.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: job #1 ({second} {' '.join(TINY)}): {problem}"]
+    assert not sweep_dir.exists()
+
+
 @pytest.mark.usefixtures("cli_logging")
 def test_ctrl_c_while_the_jobs_are_checked_stops_the_sweep_with_one_line(tmp_path, monkeypatch,
                                                                          capsys):

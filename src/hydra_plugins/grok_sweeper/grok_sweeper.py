@@ -6,7 +6,9 @@ before it had trained. This sweeper computes the same jobs in the same order
 (BasicSweeper.split_arguments), composes each job's config as its launcher will and runs it
 through to_config, all before the first job starts: a bad job refuses the whole sweep, one line
 per bad job, before any folder is written. A job whose folder exists and holds files but no run
-(grok.assemble.check_output_folder) is a bad job too.
+(grok.assemble.check_output_folder) is a bad job too, and so is one whose device this machine
+lacks, or that asks for train.compile=true without a C++ compiler: `device=cpu,cuda` trained its
+first job before the second one failed.
 """
 
 # No `from __future__ import annotations`: Hydra imports plugin modules without entering them in
@@ -59,6 +61,7 @@ class GrokSweeper(BasicSweeper):
         # imported here: Hydra imports every plugin module at startup, in every grok command
         from grok.assemble import check_output_folder
         from grok.config import to_config
+        from grok.device import check_compile_support, resolve_device
         from grok.errors import GrokError
 
         assert self.hydra_context is not None and self.config is not None
@@ -75,7 +78,10 @@ class GrokSweeper(BasicSweeper):
             job_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
             with read_write(cfg), open_dict(cfg):
                 del cfg["hydra"]
-            to_config(cfg)
+            checked = to_config(cfg)
+            device = resolve_device(checked.device)
+            if checked.train.compile is True and not checked.seeds:  # a seed batch runs eagerly
+                check_compile_support(device)
             check_output_folder(job_dir, "hydra.sweep.dir")
         except (GrokError, HydraException, OmegaConfBaseException) as exc:
             cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else None
