@@ -5,8 +5,9 @@ from pathlib import Path
 import grok.conf
 import pytest
 
+from grok import config as config_module
 from grok.assemble import NotARunDir, check_output_folder
-from grok.config import ConfigError
+from grok.config import Config, ConfigError
 from grok.main import main
 from tests.conftest import compose_config, run_cli
 
@@ -111,7 +112,7 @@ def test_values_next_to_the_bounds_are_accepted():
     ("optim.weight_decay=nan", "optim.weight_decay=nan is invalid"),  # torch's AdamW raised
     ("seed=100000000000000 train.batch_size=8", "seed=100000000000000 is invalid"),
     ("+model.dmodel=256", "error: unknown config key model.dmodel (added with "
-                          "+model.dmodel=...): remove it"),
+                          "+model.dmodel=...; did you mean model.d_model?): remove it"),
     ("+nonsense=1", "error: unknown config key nonsense"),
 ])
 def test_bad_input_fails_cleanly_before_training(tmp_path, override, needle):
@@ -247,19 +248,61 @@ def test_a_folder_with_only_what_a_refused_command_left_trains_as_a_new_run(tmp_
     check_output_folder(folder, "hydra.run.dir")
 
 
-@pytest.mark.parametrize("module,schema_args,key", [
-    ("grok.main", (), "train.evel_every"),
-    ("grok.analyze", ("run_dir=x",), "t_grk"),
-    ("grok.compare", ("runs=[x]",), "lables"),
-])
-def test_an_added_key_that_the_schema_lacks_is_refused(tmp_path, module, schema_args, key):
+MISTYPED_KEYS = [
+    ("grok.main", (), "train.evel_every", "train.eval_every"),
+    ("grok.analyze", ("run_dir=x",), "t_grk", "t_grok"),
+    ("grok.compare", ("runs=[x]",), "lables", "labels"),
+]
+
+
+@pytest.mark.parametrize("module,schema_args,key,meant", MISTYPED_KEYS)
+def test_an_added_key_that_the_schema_lacks_is_refused(tmp_path, module, schema_args, key, meant):
     """`+key=...` lifts Hydra's struct check; each entry point checks the keys itself."""
     result = run_cli(*schema_args, f"+{key}=1", "logger=none", cwd=tmp_path, module=module)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"error: unknown config key {key} (added with +{key}=...): remove it; "
-        f"`python -m {module} --cfg job` lists every key"]
+        f"error: unknown config key {key} (added with +{key}=...; did you mean {meant}?): "
+        f"remove it; `python -m {module} --cfg job` lists every key"]
     assert list(tmp_path.rglob("*.yaml")) == []  # no output folder with a Hydra record
+
+
+@pytest.mark.parametrize("module,schema_args,key,meant", MISTYPED_KEYS)
+def test_a_mistyped_key_is_refused_in_one_line_naming_the_key_it_meant(tmp_path, module,
+                                                                      schema_args, key, meant):
+    """Hydra's error took five lines and advised `+key=...`, which the line above refuses."""
+    result = run_cli(*schema_args, f"{key}=1", "logger=none", cwd=tmp_path, module=module)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: unknown config key {key}: did you mean {meant}? (`python -m {module} --cfg job` "
+        "lists every key)"]
+    assert list(tmp_path.rglob("*")) == []
+
+
+def test_every_schema_key_and_every_override_that_is_hydras_passes_the_key_check():
+    from grok.analyze import AnalyzeConfig
+    from grok.compare import CompareConfig
+
+    for schema in (Config, AnalyzeConfig, CompareConfig):
+        keys = config_module._schema_keys(schema)
+        assert "logger.project" in keys
+        config_module.check_override_keys([f"{k}=1" for k in keys], schema, "m")
+    config_module.check_override_keys(
+        ["-m", "--cfg", "job", "--multirun", "hydra.run.dir=x", "hydra/launcher=joblib",
+         "experiment=v1_baseline", "+anything=1", "++other=2", "~gone", "seeds=[0,1]",
+         "optim.betas=[0.9,0.99]", "optim.betas.0=0.8", "logger.tags=[a=b]", "model@x=y"],
+        Config, "grok.main", groups=("experiment",))
+    with pytest.raises(ConfigError, match=r"^unknown config key experiment \("):
+        config_module.check_override_keys(["experiment=v1_baseline"], Config, "grok.main")
+
+
+@pytest.mark.parametrize("key,meant", [
+    ("d_model", "model.d_model"),  # a key without its section
+    ("stesp", "steps"), ("model.dmodel", "model.d_model"),
+    ("optim.weight_decy", "optim.weight_decay"),
+    ("modle", "model"), ("modl.d_modle", "model.d_model"), ("xyzzy", None), ("model.xyzzy", None),
+])
+def test_the_key_a_mistyped_key_meant(key, meant):
+    assert config_module._closest_key(key, Config) == meant
 
 
 @pytest.mark.parametrize("module,usage,groups", [

@@ -35,10 +35,11 @@ def test_a_sweep_with_a_bad_job_is_refused_before_any_job_starts(tmp_path, sweep
 
 @pytest.mark.usefixtures("cli_logging", "no_cpp_compiler")
 @pytest.mark.parametrize("sweep,second,problem", [
-    ("device=cpu,cuda", "device=cuda", "device=cuda but CUDA is not available here; use device=auto or cpu"),
-    ("train.compile=false,true", "train.compile=True", "train.compile=true needs a C++ compiler on the CPU and none was "
-     "found (InvalidCxxCompiler); install g++ (or set CXX), or run eagerly with "
-     "train.compile=false"),
+    ("device=cpu,cuda", "device=cuda",
+     "device=cuda but CUDA is not available here; use device=auto or cpu"),
+    ("train.compile=false,true", "train.compile=True",
+     "train.compile=true needs a C++ compiler on the CPU and none was found (InvalidCxxCompiler); "
+     "install g++ (or set CXX), or run eagerly with train.compile=false"),
 ])
 def test_a_job_this_machine_cannot_run_refuses_the_sweep_before_any_job_starts(
         tmp_path, monkeypatch, capsys, sweep, second, problem):

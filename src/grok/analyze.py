@@ -39,6 +39,7 @@ from grok.config import (
     check_device,
     check_logger,
     config_dict,
+    refuse_unknown_override_keys,
     register_configs,
     reject_unknown_keys,
 )
@@ -186,7 +187,7 @@ def configure_logging() -> None:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://grok.conf", config_name="analyze")
-def main(dcfg: DictConfig) -> None:
+def _main(dcfg: DictConfig) -> None:
     configure_logging()
     try:
         analyze(to_analyze_config(dcfg))
@@ -200,6 +201,12 @@ def main(dcfg: DictConfig) -> None:
               + commands.typed("grok.analyze", HydraConfig.get().overrides.task),
               file=sys.stderr, flush=True)
         raise SystemExit(130) from None
+
+
+def main() -> None:
+    """`python -m grok.analyze`: a mistyped key is refused in one line before Hydra composes."""
+    refuse_unknown_override_keys(AnalyzeConfig, "grok.analyze")
+    _main()
 
 
 if __name__ == "__main__":

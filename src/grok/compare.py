@@ -38,6 +38,7 @@ from grok.config import (
     LoggerConfig,
     check_device,
     check_logger,
+    refuse_unknown_override_keys,
     reject_unknown_keys,
 )
 from grok.device import resolve_device
@@ -212,7 +213,7 @@ def open_logger(cfg: CompareConfig, out_dir: Path, dirs: list[Path], labels: lis
 
 
 @hydra.main(version_base="1.3", config_path="pkg://grok.conf", config_name="compare")
-def main(dcfg: DictConfig) -> None:
+def _main(dcfg: DictConfig) -> None:
     configure_logging()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
@@ -235,6 +236,12 @@ def _typed_command() -> str:
     overrides = HydraConfig.get().overrides
     run_dir = [o for o in overrides.hydra if o.startswith("hydra.run.dir=")]
     return commands.typed("grok.compare", [*overrides.task, *run_dir])
+
+
+def main() -> None:
+    """`python -m grok.compare`: a mistyped key is refused in one line before Hydra composes."""
+    refuse_unknown_override_keys(CompareConfig, "grok.compare")
+    _main()
 
 
 if __name__ == "__main__":

@@ -8,9 +8,12 @@ a component. Only the entry points import this module's Hydra-facing half.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+import sys
 import typing
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -318,8 +321,82 @@ def unknown_keys(cfg: DictConfig, schema: type | None = None) -> list[str]:
 def reject_unknown_keys(cfg: DictConfig, schema: type, module: str) -> None:
     unknown = unknown_keys(cfg, schema)
     if unknown:
-        raise ConfigError(f"unknown config key {unknown[0]} (added with +{unknown[0]}=...): "
-                          f"remove it; `python -m {module} --cfg job` lists every key")
+        key, meant = unknown[0], _closest_key(unknown[0], schema)
+        hint = f"; did you mean {meant}?" if meant else ""
+        raise ConfigError(f"unknown config key {key} (added with +{key}=...{hint}): remove it; "
+                          f"`python -m {module} --cfg job` lists every key")
+
+
+def check_override_keys(args: Iterable[str], schema: type, module: str,
+                        groups: Iterable[str] = ()) -> None:
+    """Refuse a `key=value` command-line override whose key the schema lacks, naming the key it
+    most likely meant, before Hydra composes. Hydra's own error for it ("Could not override
+    'stesp'. To append to your config use +stesp=10", and a few more lines) advises the `+` that
+    reject_unknown_keys then refuses. Flags, `+`/`~`/`++` overrides, Hydra's own keys, group
+    paths (a/b=c) and the config `groups` that are not schema fields (experiment=) are Hydra's."""
+    for arg in args:
+        if arg.startswith(("-", "+", "~")) or "=" not in arg:
+            continue
+        key = arg.split("=", 1)[0]
+        if any(c in key for c in "/@") or key.split(".")[0] in ("hydra", *groups):
+            continue
+        if _unknown(key.split("."), schema):
+            meant = _closest_key(key, schema)
+            hint = f": did you mean {meant}?" if meant else ""
+            raise ConfigError(f"unknown config key {key}{hint} (`python -m {module} --cfg job` "
+                              "lists every key)")
+
+
+def refuse_unknown_override_keys(schema: type, module: str, groups: Iterable[str] = ()) -> None:
+    """check_override_keys on this process's command line, for an entry point before it hands
+    over to Hydra: exit 1 with one line. Help requests are Hydra's whatever else is typed."""
+    args = sys.argv[1:]
+    if any(a in ("-h", "--help", "--hydra-help") for a in args):
+        return
+    try:
+        check_override_keys(args, schema, module, groups)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _unknown(parts: list[str], schema: type) -> bool:
+    """Whether the dotted key `parts` is not in the dataclass schema (a key inside a list or a
+    free-form field is not this check's to judge)."""
+    types = typing.get_type_hints(schema)
+    if parts[0] not in types:
+        return True
+    inner = types[parts[0]]
+    return len(parts) > 1 and dataclasses.is_dataclass(inner) and _unknown(parts[1:], inner)
+
+
+def _schema_keys(schema: type, prefix: str = "") -> list[str]:
+    """Every dotted key of the dataclass schema, sections included."""
+    keys = []
+    for name, kind in typing.get_type_hints(schema).items():
+        keys.append(prefix + name)
+        if dataclasses.is_dataclass(kind):
+            keys += _schema_keys(kind, f"{prefix}{name}.")
+    return keys
+
+
+def _closest_key(key: str, schema: type) -> str | None:
+    """The schema key a mistyped (or misplaced) key most likely meant: one with the same last
+    part (model.d_model for d_model), else the closest spelling in the same section (compared
+    without the section's name, which would make model.xyzzy close to model.act), else the
+    closest at the same depth (modl.d_modle); None when none is close."""
+    keys = _schema_keys(schema)
+    section, _, last = key.rpartition(".")
+    same = [k for k in keys if k.rpartition(".")[2] == last and k != key]
+    if same:
+        return same[0]
+    siblings = {k.rpartition(".")[2]: k for k in keys if k.rpartition(".")[0] == section}
+    if siblings:
+        close = difflib.get_close_matches(last, list(siblings), n=1, cutoff=0.6)
+        return siblings[close[0]] if close else None
+    level = [k for k in keys if k.count(".") == key.count(".")]
+    close = difflib.get_close_matches(key, level, n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 def to_config(cfg: DictConfig) -> Config:

@@ -29,7 +29,7 @@ from grok.assemble import (
     open_run,
     started,
 )
-from grok.config import Config, register_configs, to_config
+from grok.config import Config, refuse_unknown_override_keys, register_configs, to_config
 from grok.device import resolve_device
 from grok.errors import GrokError
 from grok.files import disk_full, remove_if_unused
@@ -163,7 +163,7 @@ def _hydra_record(run_dir: Path, keep: bool) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://grok.conf", config_name="config")
-def main(dcfg: DictConfig) -> None:
+def _main(dcfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     stop = GracefulStop()
     try:
@@ -235,6 +235,12 @@ def _sweep_dir() -> Path | None:
     """The folder of the sweep this job belongs to (hydra.sweep.dir); None for a single run."""
     hc = HydraConfig.get()
     return Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
+
+
+def main() -> None:
+    """`python -m grok.main`: a mistyped key is refused in one line before Hydra composes."""
+    refuse_unknown_override_keys(Config, "grok.main", groups=("experiment",))
+    _main()
 
 
 if __name__ == "__main__":
